@@ -1,0 +1,56 @@
+"""The prompt and the answer format: 30 (forward speed m/s, curvature 1/m) pairs as text."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+NUM_PAIRS = 30
+CLIP_FPS = 30
+
+PROMPT = (
+    "This is a 1-second, 30 FPS front-camera driving clip. Predict the ego motion for the "
+    "next second: exactly 30 pairs of (velocity in m/s, curvature in 1/m), one per future "
+    "frame, as [(v, c), (v, c), ...]. Velocity is negative when reversing; curvature is "
+    "positive for a left turn. No prose, just the list."
+)
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_PAIR = re.compile(rf"\(\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\)")
+_LIST = re.compile(rf"\[\s*{_PAIR.pattern}(?:\s*,\s*{_PAIR.pattern})*\s*\]")
+
+
+class AnswerParseError(ValueError):
+    """The model's text is not exactly 30 finite (velocity, curvature) pairs; str() is the reason."""
+
+
+def format_pairs(
+    pairs: Sequence[Sequence[float]], velocity_decimals: int = 1, curvature_decimals: int = 3
+) -> str:
+    """Render pairs as the answer text, e.g. '[(12.3, 0.004), (12.4, -0.002)]'."""
+    parts = []
+    for velocity, curvature in pairs:
+        v = round(float(velocity), velocity_decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
+        c = round(float(curvature), curvature_decimals) + 0.0
+        parts.append(f"({v:.{velocity_decimals}f}, {c:.{curvature_decimals}f})")
+    return "[" + ", ".join(parts) + "]"
+
+
+def parse_pairs(text: str, expected: int = NUM_PAIRS) -> list[tuple[float, float]]:
+    """Parse answer text strictly: one list, nothing around it, exactly `expected` finite pairs."""
+    stripped = text.strip()
+    if not stripped:
+        raise AnswerParseError("empty answer")
+    if not stripped.startswith("[") or not stripped.endswith("]"):
+        raise AnswerParseError("text around the list")
+    if _LIST.fullmatch(stripped) is None:
+        if re.search(r"nan|inf", stripped, re.IGNORECASE):
+            raise AnswerParseError("non-finite number")
+        raise AnswerParseError("not a list of (number, number) pairs")
+    pairs = [(float(v), float(c)) for v, c in _PAIR.findall(stripped)]
+    if len(pairs) != expected:
+        raise AnswerParseError(f"{len(pairs)} pairs, expected {expected}")
+    if not all(math.isfinite(v) and math.isfinite(c) for v, c in pairs):
+        raise AnswerParseError("non-finite number")
+    return pairs

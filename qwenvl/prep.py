@@ -1,0 +1,123 @@
+"""Segment one source clip: decode it once, write 30-frame mp4s and their manifest rows."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from qwenvl.rawdata import MissingClipData, RawDataset
+from qwenvl.segments import SEGMENT_FRAMES, ClipError, Segment, make_segments
+
+SEGMENT_FPS = 30
+
+
+def output_size(width: int, height: int, max_width: int) -> tuple[int, int]:
+    """Target (width, height): at most max_width wide, aspect kept, even for H.264."""
+    if width > max_width:
+        height = height * max_width / width
+        width = max_width
+    return int(round(width / 2) * 2), int(round(height / 2) * 2)
+
+
+def segment_video_path(clip_id: str, index: int) -> str:
+    """Segment mp4 path relative to the segments directory."""
+    return f"videos/{clip_id}/{clip_id}_seg{index:02d}.mp4"
+
+
+class _SegmentWriter:
+    """An H.264 mp4 that takes exactly SEGMENT_FRAMES frames at 30 FPS."""
+
+    def __init__(self, path: Path, width: int, height: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), mode="w")
+        self.stream = self.container.add_stream(
+            "libx264", rate=SEGMENT_FPS, options={"preset": "veryfast", "crf": "20"}
+        )
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.stream.thread_count = 1
+        self.count = 0
+
+    def add(self, frame: av.VideoFrame) -> bool:
+        """Encode one frame; True once the segment is complete and closed."""
+        frame.pts, frame.time_base = self.count, Fraction(1, SEGMENT_FPS)
+        self.container.mux(self.stream.encode(frame))
+        self.count += 1
+        if self.count == SEGMENT_FRAMES:
+            self.container.mux(self.stream.encode())
+            self.container.close()
+            return True
+        return False
+
+
+def _encode_segments(
+    video: bytes, segments: list[Segment], output_dir: Path, clip_id: str, max_width: int
+) -> int:
+    """Decode the source once, feeding each frame to the segments that hold it; frame count."""
+    owners: dict[int, list[int]] = {}
+    for seg in segments:
+        for frame_index in seg.frames:
+            owners.setdefault(int(frame_index), []).append(seg.index)
+    writers: dict[int, _SegmentWriter] = {}
+    decoded = 0
+    with av.open(io.BytesIO(video)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        width, height = output_size(stream.width, stream.height, max_width)
+        for frame in container.decode(stream):
+            for index in owners.get(decoded, []):
+                if index not in writers:
+                    path = output_dir / segment_video_path(clip_id, index)
+                    writers[index] = _SegmentWriter(path, width, height)
+                small = frame.reformat(width=width, height=height, format="yuv420p")
+                if writers[index].add(small):
+                    del writers[index]
+            decoded += 1
+    if writers:
+        raise ClipError(f"video ends after {decoded} frames, inside segment {min(writers)}")
+    return decoded
+
+
+def process_clip(
+    dataset: RawDataset, clip_id: str, chunk: int, output_dir: Path, max_width: int
+) -> list[dict]:
+    """Manifest rows for one clip's segments; ClipError (files removed) when it must be skipped."""
+    clip_dir = output_dir / "videos" / clip_id
+    try:
+        timestamps = dataset.frame_timestamps(clip_id, chunk).to_numpy()
+        egomotion = dataset.egomotion(clip_id, chunk)
+        video = dataset.video_bytes(clip_id, chunk)
+    except MissingClipData as err:
+        raise ClipError(str(err)) from None
+    segments = make_segments(timestamps, egomotion)
+    try:
+        decoded = _encode_segments(video, segments, output_dir, clip_id, max_width)
+        if decoded != len(timestamps):
+            raise ClipError(f"video has {decoded} frames but {len(timestamps)} timestamps")
+    except (av.error.FFmpegError, ClipError, ValueError) as err:
+        shutil.rmtree(clip_dir, ignore_errors=True)
+        if isinstance(err, ClipError):
+            raise
+        raise ClipError(f"video cannot be decoded ({err})") from None
+    return [_manifest_row(clip_id, chunk, seg) for seg in segments]
+
+
+def _manifest_row(clip_id: str, chunk: int, seg: Segment) -> dict:
+    duration_us = seg.frame_timestamps_us[-1] - seg.frame_timestamps_us[0]
+    return {
+        "clip_id": clip_id,
+        "chunk": int(chunk),
+        "segment_index": seg.index,
+        "segment_start_us": int(seg.frame_timestamps_us[0]),
+        "video": segment_video_path(clip_id, seg.index),
+        "fps": float((SEGMENT_FRAMES - 1) * 1e6 / duration_us),
+        "frame_timestamps_us": seg.frame_timestamps_us.astype(np.int64).tolist(),
+        "observed_speed": seg.observed[:, 0].tolist(),
+        "observed_curvature": seg.observed[:, 1].tolist(),
+        "future_speed": seg.future[:, 0].tolist(),
+        "future_curvature": seg.future[:, 1].tolist(),
+    }

@@ -1,0 +1,87 @@
+"""Build chat rows from the segment manifest and split them by clip, never by segment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qwenvl.answer import PROMPT, format_pairs
+
+SPLITS = ("train", "validation", "test")
+
+
+def split_clips(
+    clip_ids: list[str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, str]:
+    """clip_id -> split name; deterministic for a seed. Segments of a clip share scenes, so a
+    clip goes whole to one split. Each non-zero fraction gets at least one clip when possible."""
+    clips = sorted(set(clip_ids))
+    order = np.random.default_rng(seed).permutation(len(clips))
+    n_test = _count(len(clips), test_fraction, available=len(clips) - 1)
+    n_val = _count(len(clips), val_fraction, available=len(clips) - n_test - 1)
+    assignment = {}
+    for rank, i in enumerate(order):
+        split = "test" if rank < n_test else "validation" if rank < n_test + n_val else "train"
+        assignment[clips[i]] = split
+    return assignment
+
+
+def _count(total: int, fraction: float, available: int) -> int:
+    """Clips for a split of `fraction`: at least one when asked for, never all of them."""
+    if fraction <= 0 or available <= 0:
+        return 0
+    return min(available, max(1, round(total * fraction)))
+
+
+def chat_row(row: pd.Series, video_path: str, velocity_decimals: int, curvature_decimals: int) -> dict:
+    """One dataset row: the chat `messages` (video, prompt, answer) and the numeric labels."""
+    future = list(zip(row["future_speed"], row["future_curvature"], strict=True))
+    answer = format_pairs(future, velocity_decimals, curvature_decimals)
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video", "video": video_path, "fps": float(row["fps"]), "text": None},
+                {"type": "text", "text": PROMPT, "video": None, "fps": None},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": answer, "video": None, "fps": None}],
+        },
+    ]
+    return {
+        "id": f"{row['clip_id']}_seg{int(row['segment_index']):02d}",
+        "clip_id": row["clip_id"],
+        "segment_index": int(row["segment_index"]),
+        "video": video_path,
+        "fps": float(row["fps"]),
+        "messages": messages,
+        "answer": answer,
+        "future_speed": [float(v) for v in row["future_speed"]],
+        "future_curvature": [float(c) for c in row["future_curvature"]],
+        "observed_speed": [float(v) for v in row["observed_speed"]],
+        "observed_curvature": [float(c) for c in row["observed_curvature"]],
+    }
+
+
+def build_split_rows(
+    manifest: pd.DataFrame,
+    segments_dir: Path,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    velocity_decimals: int = 1,
+    curvature_decimals: int = 3,
+) -> dict[str, list[dict]]:
+    """Rows per split; video paths are absolute so the dataset can be read from anywhere."""
+    assignment = split_clips(manifest["clip_id"].tolist(), val_fraction, test_fraction, seed)
+    rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    for _, row in manifest.iterrows():
+        video = str((segments_dir / row["video"]).resolve())
+        rows[assignment[row["clip_id"]]].append(
+            chat_row(row, video, velocity_decimals, curvature_decimals)
+        )
+    return rows

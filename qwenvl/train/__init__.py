@@ -1,0 +1,1 @@
+"""Model setup and the trainer for fine-tuning Qwen3-VL."""

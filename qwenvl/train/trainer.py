@@ -1,0 +1,117 @@
+"""The HF Trainer with per-module learning rates, and finding a complete checkpoint to resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from qwenvl.train.model import component
+
+logger = logging.getLogger(__name__)
+_NO_DECAY = ("bias", "norm", "ln_", "layernorm")
+
+
+def parameter_groups(
+    model: torch.nn.Module, lr: float, weight_decay: float, projector_lr: float | None,
+    vision_lr: float | None,
+) -> list[dict]:
+    """Optimizer groups split by component (llm / mlp projector / vision) and weight decay."""
+    rates = {"llm": lr, "mlp": projector_lr or lr, "vision": vision_lr or lr}
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            decay = param.ndim >= 2 and not any(k in name.lower() for k in _NO_DECAY)
+            groups.setdefault((component(name), decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": rates[part],
+            "weight_decay": weight_decay if decay else 0.0,
+            "group_name": f"{part}{'' if decay else '_no_decay'}",
+        }
+        for (part, decay), params in sorted(groups.items())
+    ]
+
+
+class QwenVLTrainer(Trainer):
+    """Trainer whose optimizer gives the projector and vision tower their own learning rates.
+
+    DeepSpeed without an optimizer block in its config builds on this optimizer, so the
+    groups hold there too.
+    """
+
+    def __init__(self, *args, projector_lr: float | None = None, vision_lr: float | None = None,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.projector_lr = projector_lr
+        self.vision_lr = vision_lr
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            groups = parameter_groups(
+                model or self.model, self.args.learning_rate, self.args.weight_decay,
+                self.projector_lr, self.vision_lr,
+            )
+            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def safetensors_complete(path: Path) -> bool:
+    """True when the file is as long as its header says: a crash mid-write leaves it short."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return False
+        header_len = int.from_bytes(head, "little")
+        try:
+            header = json.loads(handle.read(header_len))
+        except ValueError:
+            return False
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return path.stat().st_size == 8 + header_len + max(ends, default=0)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint directory is not complete, or None when every file in it reads back."""
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except ValueError:
+        return "trainer_state.json is truncated"
+    for file in sorted(path.rglob("*")):
+        if file.suffix == ".safetensors" and not safetensors_complete(file):
+            return f"{file.relative_to(path)} is truncated"
+        elif file.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(file):
+            return f"{file.relative_to(path)} is truncated"
+    return None
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint-* in output_dir; incomplete ones are reported and skipped."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    found = []
+    for child in output_dir.iterdir():
+        match = _CHECKPOINT.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match[1]), child))
+    for _, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("skipping incomplete checkpoint %s: %s", path, problem)
+    return None

@@ -1,0 +1,138 @@
+"""Video settings shared by training, evaluation and prediction, and clip decoding for the model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.video_utils import VideoMetadata
+
+SETTINGS_FILE = "video_settings.json"
+# Qwen3-VL: 16-pixel patches merged 2x2, so one visual token per 32x32 pixels per 2 frames.
+PIXEL_FACTOR = 32
+TEMPORAL_PATCH = 2
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """How a clip is sampled and sized before the Qwen3-VL processor sees it."""
+
+    fps: float = 30.0
+    """Frames per second sampled from the clip (the clip's own rate keeps every frame)."""
+    min_frames: int = 16
+    """Fewest frames sampled per clip."""
+    max_frames: int = 32
+    """Most frames sampled per clip."""
+    min_pixels: int = 128 * 32 * 32
+    """Lower bound on pixels per frame after resizing."""
+    max_pixels: int = 256 * 32 * 32
+    """Upper bound on pixels per frame after resizing."""
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"VIDEO_FPS must be positive, got {self.fps}")
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ValueError(
+                f"need 1 <= VIDEO_MIN_FRAMES <= VIDEO_MAX_FRAMES, got {self.min_frames}, "
+                f"{self.max_frames}"
+            )
+        if not PIXEL_FACTOR**2 <= self.min_pixels <= self.max_pixels:
+            raise ValueError(
+                f"need {PIXEL_FACTOR**2} <= VIDEO_MIN_PIXELS <= VIDEO_MAX_PIXELS, got "
+                f"{self.min_pixels}, {self.max_pixels}"
+            )
+
+    @classmethod
+    def from_env(cls) -> VideoSettings:
+        """Read VIDEO_FPS, VIDEO_MIN_FRAMES, ... from the environment, defaults elsewhere."""
+        values = {}
+        for field in fields(cls):
+            raw = os.environ.get(f"VIDEO_{field.name.upper()}")
+            if raw:
+                values[field.name] = float(raw) if field.name == "fps" else int(raw)
+        return cls(**values)
+
+    def save(self, directory: str | Path) -> None:
+        (Path(directory) / SETTINGS_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> VideoSettings | None:
+        """The settings stored beside a checkpoint, or None when there are none."""
+        path = Path(directory) / SETTINGS_FILE
+        if not path.is_file():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def sample_indices(num_frames: int, clip_fps: float, settings: VideoSettings) -> np.ndarray:
+    """Indices of the frames the model sees: settings.fps over the clip, clamped to the bounds."""
+    wanted = int(num_frames / clip_fps * settings.fps)
+    count = min(max(wanted, settings.min_frames), settings.max_frames, num_frames)
+    return np.linspace(0, num_frames - 1, count).round().astype(np.int64)
+
+
+def frame_size(height: int, width: int, settings: VideoSettings) -> tuple[int, int]:
+    """(height, width), multiples of 32, aspect kept, pixels within [min_pixels, max_pixels]."""
+    f = PIXEL_FACTOR
+    h = max(f, round(height / f) * f)
+    w = max(f, round(width / f) * f)
+    if h * w > settings.max_pixels:
+        beta = math.sqrt(height * width / settings.max_pixels)
+        h = max(f, math.floor(height / beta / f) * f)
+        w = max(f, math.floor(width / beta / f) * f)
+    elif h * w < settings.min_pixels:
+        beta = math.sqrt(settings.min_pixels / (height * width))
+        h = math.ceil(height * beta / f) * f
+        w = math.ceil(width * beta / f) * f
+    return h, w
+
+
+def visual_token_count(num_frames: int, height: int, width: int, settings: VideoSettings) -> int:
+    """Visual tokens Qwen3-VL spends on a clip of num_frames frames of height x width."""
+    sampled = len(sample_indices(num_frames, settings.fps, settings))
+    h, w = frame_size(height, width, settings)
+    return math.ceil(sampled / TEMPORAL_PATCH) * (h // PIXEL_FACTOR) * (w // PIXEL_FACTOR)
+
+
+def decode_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """All frames of a video as (T, H, W, 3) uint8 RGB, and its average frame rate."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        rate = stream.average_rate or stream.guessed_rate
+    if not frames:
+        raise ValueError(f"{path}: no video frames")
+    return np.stack(frames), float(rate) if rate else 30.0
+
+
+def prepare_clip(
+    frames: np.ndarray, clip_fps: float, settings: VideoSettings
+) -> tuple[torch.Tensor, VideoMetadata]:
+    """Sample and resize a clip; the metadata carries its real fps so timestamps are right."""
+    indices = sample_indices(len(frames), clip_fps, settings)
+    video = torch.from_numpy(frames[indices]).permute(0, 3, 1, 2)
+    h, w = frame_size(video.shape[2], video.shape[3], settings)
+    if (h, w) != tuple(video.shape[2:]):
+        video = F.interpolate(video.float(), size=(h, w), mode="bilinear", antialias=True)
+        video = video.round().clamp(0, 255).to(torch.uint8)
+    metadata = VideoMetadata(
+        total_num_frames=len(frames),
+        fps=clip_fps,
+        width=frames.shape[2],
+        height=frames.shape[1],
+        duration=len(frames) / clip_fps,
+        frames_indices=indices.tolist(),
+    )
+    return video, metadata
+
+
+# Frames arrive sampled and sized by prepare_clip, so the processor must not redo either.
+PROCESSOR_VIDEO_KWARGS = {"do_sample_frames": False, "do_resize": False, "cap_pixels_per_frame": False}

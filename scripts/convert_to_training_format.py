@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Write train.json, val.json and test.json in the training format from the Hugging Face dataset.
+
+Each sample: {"id", "video", "fps", "conversations": [human "<video>\\n<prompt>", gpt answer]}
+plus the numeric labels. Video paths are relative to the folder the JSON files are in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from datasets import load_from_disk
+from tqdm import tqdm
+
+from qwenvl.cli import UserError, atomic_output_dir, main_guard
+from qwenvl.data import SPLIT_FILES, training_sample
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input-dir", required=True, help="DatasetDict from prepare_huggingface_dataset.py")
+    parser.add_argument("--output-dir", required=True, help="where train.json, val.json, test.json go")
+    parser.add_argument("--overwrite-output", action="store_true", help="replace an existing output directory")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        dataset = load_from_disk(args.input_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"{args.input_dir}: not a saved DatasetDict ({err})") from None
+    output_dir = Path(args.output_dir).resolve()
+    counts = {}
+    with atomic_output_dir(output_dir, args.overwrite_output) as tmp:
+        for split, filename in SPLIT_FILES.items():
+            rows = dataset[split] if split in dataset else []
+            samples = [
+                training_sample(row, os.path.relpath(row["video"], output_dir))
+                for row in tqdm(rows, desc=f"converting {split}", unit="sample")
+            ]
+            (tmp / filename).write_text(json.dumps(samples, indent=1) + "\n")
+            counts[filename] = len(samples)
+    summary = ", ".join(f"{name} {n}" for name, n in counts.items())
+    print(f"{summary} samples -> {output_dir}")
+    return 0
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Fine-tune Qwen3-VL on 1-second driving clips (what the two launchers run under torchrun).
+
+LoRA or full fine-tuning, DeepSpeed optional, auto-resume from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoProcessor, HfArgumentParser, TrainerCallback, set_seed
+
+from qwenvl.cli import UserError, main_guard
+from qwenvl.data import load_samples
+from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
+from qwenvl.train.model import LoraSettings, TuneFlags, apply_lora, freeze_for_full, load_model, trainable_summary
+from qwenvl.train.trainer import QwenVLTrainer, find_resume_checkpoint
+from qwenvl.video import VideoSettings
+
+logger = logging.getLogger("train")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default="Qwen/Qwen3-VL-4B-Instruct", metadata={"help": "hub id or local directory of the base model"})
+    tune_mm_vision: bool = field(default=False, metadata={"help": "train the vision encoder"})
+    tune_mm_mlp: bool = field(default=True, metadata={"help": "train the vision-language projector (mergers)"})
+    tune_mm_llm: bool = field(default=True, metadata={"help": "train the language model"})
+    lora_enable: bool = field(default=False, metadata={"help": "train LoRA adapters instead of full weights"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    mm_projector_lr: float | None = field(default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"})
+    vision_tower_lr: float | None = field(default=None, metadata={"help": "learning rate of the vision encoder (default: --learning_rate)"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "attention kernel (default: flash_attention_2 on CUDA when installed, else sdpa)"})
+
+
+@dataclass
+class DataArguments:
+    dataset_use: str = field(default="physical_ai_driving", metadata={"help": "comma-separated registry names or training JSON paths, each optionally name%%pct"})
+    eval_dataset_use: str = field(default="", metadata={"help": "validation datasets, same syntax; empty = no evaluation"})
+    video_fps: float = field(default=VideoSettings.fps, metadata={"help": "frames per second sampled from each clip"})
+    video_min_frames: int = field(default=VideoSettings.min_frames, metadata={"help": "fewest frames per clip"})
+    video_max_frames: int = field(default=VideoSettings.max_frames, metadata={"help": "most frames per clip"})
+    video_min_pixels: int = field(default=VideoSettings.min_pixels, metadata={"help": "lower bound of pixels per frame"})
+    video_max_pixels: int = field(default=VideoSettings.max_pixels, metadata={"help": "upper bound of pixels per frame"})
+
+    def video_settings(self) -> VideoSettings:
+        return VideoSettings(
+            self.video_fps, self.video_min_frames, self.video_max_frames,
+            self.video_min_pixels, self.video_max_pixels,
+        )
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    model_max_length: int = field(default=8192, metadata={"help": "longest sample in tokens; longer samples are skipped, never cut"})
+    auto_resume: bool = field(default=True, metadata={"help": "continue from the newest complete checkpoint-* in output_dir"})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations to save memory"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep video fields in batches (must stay False)"})
+
+
+class SaveVideoSettings(TrainerCallback):
+    """Store processor and video settings in every checkpoint so each one is usable alone."""
+
+    def __init__(self, processor, settings: VideoSettings) -> None:
+        self.processor, self.settings = processor, settings
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self.processor.save_pretrained(checkpoint)
+            self.settings.save(checkpoint)
+
+
+def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    if torch.cuda.is_available() and not any(a.startswith(("--bf16", "--fp16")) for a in argv):
+        argv = [*argv, "--bf16", "True"]
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if training_args.gradient_checkpointing_kwargs is None:
+        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    return model_args, data_args, training_args
+
+
+def build_model(model_args: ModelArguments):
+    flags = TuneFlags(model_args.tune_mm_vision, model_args.tune_mm_mlp, model_args.tune_mm_llm)
+    model = load_model(model_args.model_name_or_path, model_args.attn_implementation)
+    if model_args.lora_enable:
+        lora = LoraSettings(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
+        model = apply_lora(model, flags, lora)
+        model.enable_input_require_grads()
+    else:
+        freeze_for_full(model, flags)
+    logger.info(trainable_summary(model))
+    return model
+
+
+def build_datasets(data_args: DataArguments, training_args: TrainingArguments, processor):
+    settings = data_args.video_settings()
+    specs = [s for s in data_args.dataset_use.split(",") if s.strip()]
+    train = SupervisedDataset(
+        load_samples(specs, training_args.data_seed or training_args.seed),
+        processor, settings, training_args.model_max_length,
+    )
+    if len(train) == 0:
+        raise UserError(f"{data_args.dataset_use}: no training sample fits model_max_length")
+    evaluation = None
+    if data_args.eval_dataset_use:
+        eval_specs = [s for s in data_args.eval_dataset_use.split(",") if s.strip()]
+        evaluation = SupervisedDataset(
+            load_samples(eval_specs), processor, settings, training_args.model_max_length
+        )
+    return train, evaluation, settings
+
+
+def run(argv: list[str]) -> int:
+    try:
+        model_args, data_args, training_args = parse(argv)
+        settings = data_args.video_settings()
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    logging.basicConfig(level=logging.INFO if training_args.local_rank in (-1, 0) else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    set_seed(training_args.seed)
+    try:
+        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+        train_set, eval_set, settings = build_datasets(data_args, training_args, processor)
+        model = build_model(model_args)
+    except (ValueError, OSError) as err:
+        raise UserError(str(err).splitlines()[0]) from None
+    logger.info("video settings: %s; %d training samples", settings, len(train_set))
+    trainer = QwenVLTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=VideoCollator(processor.tokenizer.pad_token_id),
+        callbacks=[SaveVideoSettings(processor, settings)],
+        projector_lr=model_args.mm_projector_lr,
+        vision_lr=model_args.vision_tower_lr,
+    )
+    checkpoint = find_resume_checkpoint(training_args.output_dir) if training_args.auto_resume else None
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)
+        settings.save(training_args.output_dir)
+        logger.info("saved to %s", training_args.output_dir)
+    return 0
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    return run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
