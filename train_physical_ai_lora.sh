@@ -49,7 +49,7 @@ ARGS=(
   --tune_mm_llm "$TUNE_MM_LLM" --num_train_epochs "$EPOCHS" --max_steps "$MAX_STEPS"
   --per_device_train_batch_size "$BATCH_SIZE" --per_device_eval_batch_size "$BATCH_SIZE"
   --gradient_accumulation_steps "$GRAD_ACCUM" --learning_rate "$LR" --weight_decay 0.0
-  --lr_scheduler_type cosine --warmup_ratio 0.03 --logging_steps "$LOGGING_STEPS"
+  --lr_scheduler_type cosine --warmup_steps 0.03 --logging_steps "$LOGGING_STEPS"
   --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit "$SAVE_TOTAL_LIMIT"
   --seed "$SEED" --model_max_length "$MODEL_MAX_LENGTH" --report_to "$REPORT_TO"
   --dataloader_num_workers "$DATALOADER_WORKERS" --auto_resume "$AUTO_RESUME"

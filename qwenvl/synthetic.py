@@ -42,7 +42,7 @@ SKY_TOP = (70, 120, 190)
 SKY_HORIZON = (190, 205, 220)
 CALIBRATION_DIR = "calibration/camera_intrinsics"
 
-SpeedFn = Callable[[np.ndarray], np.ndarray]
+TimeFn = Callable[[np.ndarray], np.ndarray]  # seconds -> value, vectorised
 
 
 def calibration_path(chunk: int) -> str:
@@ -55,10 +55,11 @@ def calibration_path(chunk: int) -> str:
 
 @dataclass(frozen=True)
 class SmoothSteps:
-    """Scalar function of time (s): smoothstep ramps between knots, constant outside them.
+    """Scalar function of time (s): smootherstep ramps between knots, constant outside them.
 
-    Equal neighbouring values give an exact hold (a stop is speed exactly 0); the ramps have
-    zero slope at every knot, so the function is continuously differentiable.
+    Equal neighbouring values give an exact hold (a stop is speed exactly 0). The ramps have
+    zero first and second derivative at every knot, so speed has a continuous acceleration
+    and jerk (peak slope 1.875 * change / ramp time).
     """
 
     times: np.ndarray
@@ -70,15 +71,15 @@ class SmoothSteps:
         t0, t1 = self.times[i], self.times[i + 1]
         s = np.clip((t - t0) / (t1 - t0), 0.0, 1.0)
         v0, v1 = self.values[i], self.values[i + 1]
-        return v0 + (v1 - v0) * (s * s * (3.0 - 2.0 * s))
+        return v0 + (v1 - v0) * (s * s * s * (10.0 + s * (6.0 * s - 15.0)))
 
 
 @dataclass(frozen=True)
 class MotionProfile:
     """Forward speed (m/s, negative = reverse) and signed curvature (1/m, + = left) over time."""
 
-    speed: SpeedFn
-    curvature: SpeedFn
+    speed: TimeFn
+    curvature: TimeFn
 
 
 def constant_profile(speed: float, curvature: float) -> MotionProfile:
@@ -122,9 +123,11 @@ def _random_speed(rng: np.random.Generator, end_s: float) -> SmoothSteps:
             ramp = max(1.0, knots.value / 2.5) * rng.uniform(1.0, 1.5)
             knots.move(0.0, ramp, rng.uniform(1.0, 3.0))
             if rng.random() < 0.35:
-                # Short reverse: the smoothstep ramps pass through 0 with zero slope.
-                knots.move(-rng.uniform(1.0, 3.0), rng.uniform(0.5, 0.9), rng.uniform(0.2, 0.8))
-                knots.move(0.0, rng.uniform(0.5, 0.9), rng.uniform(0.5, 1.5))
+                # Short reverse: the ramps pass through 0 with zero slope.
+                target = -rng.uniform(1.0, 3.0)
+                ramp = max(0.7, -target / 2.5) * rng.uniform(1.0, 1.2)
+                knots.move(target, ramp, rng.uniform(0.1, 0.5))
+                knots.move(0.0, ramp, rng.uniform(0.5, 1.5))
         else:
             target = rng.uniform(2.0, MAX_SPEED)
             ramp = max(1.5, abs(target - knots.value) / 2.5) * rng.uniform(1.0, 1.5)
@@ -164,7 +167,7 @@ def _cumulative_trapezoid(values: np.ndarray, dt: float) -> np.ndarray:
 
 
 def _integrate_pose(
-    start_us: int, end_us: int, speed_fn: SpeedFn, curvature_fn: SpeedFn
+    start_us: int, end_us: int, speed_fn: TimeFn, curvature_fn: TimeFn
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(t s, x, y, yaw) on a FINE_STEP_US grid covering [start, end] and 0, anchored at t = 0."""
     first = min(math.floor(start_us / FINE_STEP_US), 0)
@@ -181,12 +184,13 @@ def _integrate_pose(
 
 
 def synthesize_egomotion(
-    timestamps_us: np.ndarray, speed_fn: SpeedFn, curvature_fn: SpeedFn
+    timestamps_us: np.ndarray, speed_fn: TimeFn, curvature_fn: TimeFn
 ) -> pd.DataFrame:
     """Egomotion table (EGOMOTION_COLUMNS) of a unicycle driven by (speed, curvature)(t seconds).
 
-    The pose is the origin with yaw 0 at t = 0 (anchor frame: x forward, y left, z up);
-    velocity and acceleration are expressed in the anchor frame.
+    One row per `timestamps_us` (int64 µs, increasing). The pose is the origin with yaw 0 at
+    t = 0 (anchor frame: x forward, y left, z up); velocity and acceleration are expressed in
+    the anchor frame.
     """
     ts = np.asarray(timestamps_us, dtype=np.int64)
     grid_t, grid_x, grid_y, grid_yaw = _integrate_pose(ts[0], ts[-1], speed_fn, curvature_fn)
@@ -323,7 +327,7 @@ class _GroundGeometry:
     mask: np.ndarray  # int32 (texels per side at the level) - 1
     shift: np.ndarray  # int32 log2(texels per side)
     base: np.ndarray  # int32 offset of the level in the packed texture
-    sky_rows: np.ndarray  # uint8 RGB rows [0, first_row)
+    elevation: np.ndarray  # sine of the ray's elevation for rows [0, first_row)
 
 
 def _mip_level(ground: np.ndarray) -> np.ndarray:
@@ -334,16 +338,16 @@ def _mip_level(ground: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(np.log2(np.maximum(footprint, 1.0))), 0, MIP_LEVELS - 1).astype(int)
 
 
-def _sky_rows(rays: np.ndarray, rows: int, haze: np.ndarray) -> np.ndarray:
-    elevation = rays[:rows, :, 2] / np.linalg.norm(rays[:rows], axis=-1)
+def _sky_rows(elevation: np.ndarray, haze: np.ndarray) -> np.ndarray:
+    """uint8 RGB: a blue gradient above the horizon, flat haze on the ground beyond range."""
     w = np.clip(elevation / 0.6, 0.0, 1.0)[..., None] ** 0.7
     sky = (1 - w) * np.array(SKY_HORIZON) + w * np.array(SKY_TOP)
-    sky[elevation < 0] = haze  # ground beyond GROUND_RANGE_M
+    sky[elevation < 0] = haze
     return np.round(sky).astype(np.uint8)
 
 
 @lru_cache(maxsize=8)
-def _ground_geometry(width: int, height: int, haze: tuple[int, int, int]) -> _GroundGeometry:
+def _ground_geometry(width: int, height: int) -> _GroundGeometry:
     rays = _pixel_rays(pinhole(width, height))
     down = np.minimum(rays[..., 2], -1e-9)
     ground = rays[..., :2] * (CAMERA_HEIGHT_M / -down)[..., None]
@@ -360,7 +364,7 @@ def _ground_geometry(width: int, height: int, haze: tuple[int, int, int]) -> _Gr
         mask=((TEXTURE_SIZE >> level) - 1).astype(np.int32),
         shift=(int(math.log2(TEXTURE_SIZE)) - level).astype(np.int32),
         base=_mip_offsets()[level],
-        sky_rows=_sky_rows(rays, first_row, np.array(haze)),
+        elevation=rays[:first_row, :, 2] / np.linalg.norm(rays[:first_row], axis=-1),
     )
 
 
@@ -370,23 +374,24 @@ class GroundRenderer:
     def __init__(self, width: int, height: int, texture: np.ndarray) -> None:
         self.width, self.height = width, height
         self.texture = texture
-        mean = texture[_mip_offsets()[-1] :].mean(axis=0)
-        haze = tuple(int(c) for c in np.round(0.6 * mean + 0.4 * np.array(SKY_HORIZON)))
-        self.geometry = _ground_geometry(width, height, haze)
+        self.geometry = _ground_geometry(width, height)
+        # Far ground fades to the texture's mean colour, a little washed out towards the sky.
+        haze = 0.6 * texture[_mip_offsets()[-1] :].mean(axis=0) + 0.4 * np.array(SKY_HORIZON)
+        self.sky_rows = _sky_rows(self.geometry.elevation, haze)
 
     def render(self, x: float, y: float, yaw: float) -> np.ndarray:
         """(H, W, 3) uint8 RGB frame seen from pose (x, y, yaw) in the anchor frame."""
         g = self.geometry
         c, s = math.cos(yaw), math.sin(yaw)
-        # Wrap the position into one tile and shift by two tiles so texel indices stay
-        # non-negative (the ground seen is closer than GROUND_RANGE_M < 2 tiles).
-        ox, oy = x % TILE_M + 2 * TILE_M, y % TILE_M + 2 * TILE_M
+        # Wrap the position into one tile and shift it by four so texel indices stay
+        # non-negative: the textured ground lies within GROUND_RANGE_M / cos(50 deg) < 4 tiles.
+        ox, oy = x % TILE_M + 4 * TILE_M, y % TILE_M + 4 * TILE_M
         wx = g.u * c - g.v * s + ox * g.scale
         wy = g.u * s + g.v * c + oy * g.scale
         ix = wx.astype(np.int32) & g.mask
         iy = wy.astype(np.int32) & g.mask
         frame = np.empty((self.height, self.width, 3), dtype=np.uint8)
-        frame[: g.first_row] = g.sky_rows
+        frame[: g.first_row] = self.sky_rows
         np.take(self.texture, (iy << g.shift) + ix + g.base, axis=0, out=frame[g.first_row :])
         return frame
 
@@ -414,6 +419,8 @@ def encode_mp4(frames: Iterable[np.ndarray], width: int, height: int, fps: int =
 
 @dataclass
 class SyntheticClip:
+    """One generated clip: what goes into the camera and egomotion zips."""
+
     clip_id: str
     frame_timestamps: np.ndarray
     egomotion: pd.DataFrame
@@ -517,7 +524,9 @@ def _write_chunk(root: Path, chunk: int, indices: range, spec: _Spec, bar: tqdm)
     return clip_ids
 
 
-def _check_arguments(num_clips: int, clip_seconds: float, width: int, height: int, chunk_size: int):
+def _check_arguments(
+    num_clips: int, clip_seconds: float, width: int, height: int, chunk_size: int
+) -> None:
     if num_clips < 1 or chunk_size < 1:
         raise ValueError(f"num_clips ({num_clips}) and chunk_size ({chunk_size}) must be >= 1")
     if round(clip_seconds * FPS) < 2:

@@ -1,0 +1,118 @@
+"""Run a model over test.json, score it against the baselines and write the report files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from qwenvl.answer import AnswerParseError, parse_pairs
+from qwenvl.egomotion import displacement_errors, integrate_unicycle
+from qwenvl.metrics import baseline_predictions, bucketed_metrics
+from qwenvl.plots import plot_error_histogram, plot_profiles, plot_trajectories
+
+COLUMNS = [("n", "n", "{:d}"), ("speed_mae", "speed MAE (m/s)", "{:.3f}"),
+           ("speed_rmse", "speed RMSE (m/s)", "{:.3f}"),
+           ("curvature_mae", "curv. MAE (1/m)", "{:.4f}"),
+           ("curvature_rmse", "curv. RMSE (1/m)", "{:.4f}"),
+           ("ade_m", "ADE 1 s (m)", "{:.3f}"), ("fde_m", "FDE 1 s (m)", "{:.3f}")]
+
+
+def pairs_of(sample: dict, prefix: str) -> np.ndarray:
+    """(30, 2) speed/curvature array from a training-format sample's label lists."""
+    return np.stack([sample[f"{prefix}_speed"], sample[f"{prefix}_curvature"]], axis=-1)
+
+
+def prediction_record(sample: dict, text: str) -> dict:
+    """One predictions.jsonl line: raw text, parsed pairs or the reason parsing failed, truth."""
+    try:
+        pairs, error = parse_pairs(text), None
+    except AnswerParseError as err:
+        pairs, error = None, str(err)
+    return {
+        "id": sample["id"], "video": sample["video"], "raw_text": text, "pairs": pairs,
+        "parse_error": error, "true_pairs": pairs_of(sample, "future").tolist(),
+        "observed_pairs": pairs_of(sample, "observed").tolist(),
+    }
+
+
+def score(records: list[dict], train_future: np.ndarray | None) -> dict:
+    """metrics.json content: parse counts, model metrics on parsed samples, baselines on all."""
+    parsed = [r for r in records if r["pairs"] is not None]
+    true_all = np.array([r["true_pairs"] for r in records])
+    observed = np.array([r["observed_pairs"] for r in records])
+    baselines = baseline_predictions(observed, train_future)
+    return {
+        "parse": {
+            "total": len(records), "parsed": len(parsed),
+            "rate": len(parsed) / len(records) if records else 0.0,
+            "failures": dict(Counter(r["parse_error"] for r in records if r["pairs"] is None)),
+        },
+        "model": bucketed_metrics(
+            np.array([r["pairs"] for r in parsed]).reshape(-1, 30, 2),
+            np.array([r["true_pairs"] for r in parsed]).reshape(-1, 30, 2),
+        ),
+        "baselines": {name: bucketed_metrics(pred, true_all) for name, pred in baselines.items()},
+    }
+
+
+def _row(name: str, metrics: dict) -> str:
+    cells = [fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in COLUMNS]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def metrics_table(metrics: dict, bucket: str = "all", model_name: str = "model") -> str:
+    """Markdown table: the model (parsed samples only) and the baselines, one bucket."""
+    header = "| | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [header, "|---" * (len(COLUMNS) + 1) + "|"]
+    lines.append(_row(model_name, metrics["model"].get(bucket, {})))
+    for name, result in metrics["baselines"].items():
+        lines.append(_row(name, result.get(bucket, {})))
+    return "\n".join(lines)
+
+
+def write_report(metrics: dict, records: list[dict], model_path: str, output_dir: Path) -> None:
+    parse = metrics["parse"]
+    failures = ", ".join(f"{k}: {v}" for k, v in parse["failures"].items()) or "none"
+    buckets = [b for b in metrics["baselines"]["hold_last"] if b != "all"]
+    parts = [
+        f"# Evaluation of `{model_path}`\n",
+        f"Parsed {parse['parsed']} of {parse['total']} answers ({100 * parse['rate']:.1f}%); "
+        f"failures: {failures}. The model's metrics count parsed answers only; the baselines "
+        "use every sample. ADE/FDE integrate (speed, curvature) with the unicycle model over 1 s.\n",
+        metrics_table(metrics),
+    ]
+    for bucket in buckets:
+        parts += [f"\n## {bucket}\n", metrics_table(metrics, bucket)]
+    write_plots(records, output_dir)
+    images = [f"![{p.stem}]({p.name})" for p in sorted(output_dir.glob("*.png"))]
+    parts += ["\n## Plots\n", *images]
+    (output_dir / "report.md").write_text("\n".join(parts) + "\n")
+
+
+def write_plots(records: list[dict], output_dir: Path, count: int = 4) -> None:
+    parsed = [r for r in records if r["pairs"] is not None]
+    if parsed:  # with no parsed answer there is no predicted path to draw
+        shown = parsed[:count]
+        pred = np.array([r["pairs"] for r in shown])
+        true = np.array([r["true_pairs"] for r in shown])
+        ids = [r["id"] for r in shown]
+        plot_trajectories(pred, true, ids, output_dir / "trajectories.png")
+        plot_profiles(pred, true, ids, output_dir / "profiles.png")
+    ade = {"model": np.array([_ade(r["pairs"], r["true_pairs"]) for r in parsed])}
+    observed = np.array([r["observed_pairs"] for r in records])
+    truth = np.array([r["true_pairs"] for r in records])
+    for name, pred_all in baseline_predictions(observed, None).items():
+        ade[name] = np.array([_ade(p, t) for p, t in zip(pred_all, truth, strict=True)])
+    plot_error_histogram(ade, output_dir / "ade_histogram.png")
+
+
+def _ade(pred, true) -> float:
+    p, t = np.asarray(pred), np.asarray(true)
+    return displacement_errors(integrate_unicycle(*p.T), integrate_unicycle(*t.T))[0]
+
+
+def write_predictions(records: list[dict], path: Path) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -1,0 +1,91 @@
+"""Load any checkpoint for inference (base, LoRA adapter, merged, full) and generate in batches."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoProcessor
+
+from qwenvl.answer import NUM_PAIRS, PROMPT, format_pairs
+from qwenvl.data.preprocess import build_messages
+from qwenvl.train.model import load_model
+from qwenvl.video import PROCESSOR_VIDEO_KWARGS, VideoSettings, prepare_clip
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    processor: object
+    settings: VideoSettings
+    kind: str  # "adapter" or "full"
+
+
+def _has_processor(path: Path) -> bool:
+    return (path / "processor_config.json").is_file() or (path / "preprocessor_config.json").is_file()
+
+
+def load_for_inference(model_path: str, base_model: str | None = None) -> LoadedModel:
+    """A LoRA adapter directory is applied on its base (or --base-model); anything else loads
+    directly. Video settings come from the checkpoint, else from the base, else defaults."""
+    path = Path(model_path)
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.is_file():
+        from peft import PeftModel
+
+        base = base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        model = PeftModel.from_pretrained(load_model(base), str(path))
+        kind = "adapter"
+    else:
+        base = base_model or model_path
+        model = load_model(model_path)
+        kind = "full"
+    processor = AutoProcessor.from_pretrained(model_path if _has_processor(path) else base)
+    settings = VideoSettings.load(path) or (VideoSettings.load(base) if Path(base).is_dir() else None)
+    if settings is None:
+        logger.warning("no video settings stored with %s; using the defaults", model_path)
+        settings = VideoSettings()
+    model.eval()
+    return LoadedModel(model, processor, settings, kind)
+
+
+def answer_token_budget(tokenizer) -> int:
+    """max_new_tokens that fits the longest plausible 30-pair answer and its <|im_end|>."""
+    widest = format_pairs([(-99.9, -0.999)] * NUM_PAIRS)
+    return len(tokenizer(widest, add_special_tokens=False).input_ids) + 8
+
+
+@torch.inference_mode()
+def generate_answers(
+    loaded: LoadedModel,
+    clips: list[tuple[np.ndarray, float]],
+    prompt: str = PROMPT,
+    max_new_tokens: int | None = None,
+) -> list[str]:
+    """Greedy answers for a batch of (frames, fps) clips, left-padded so prompts end together."""
+    processor = loaded.processor
+    text = processor.apply_chat_template(
+        build_messages(prompt), add_generation_prompt=True, tokenize=False
+    )
+    videos, metadata = zip(*(prepare_clip(f, fps, loaded.settings) for f, fps in clips), strict=True)
+    processor.tokenizer.padding_side = "left"
+    inputs = processor(
+        text=[text] * len(clips), videos=list(videos), video_metadata=list(metadata),
+        padding=True, return_tensors="pt", **PROCESSOR_VIDEO_KWARGS,
+    ).to(loaded.model.device)
+    if "pixel_values_videos" in inputs:
+        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(loaded.model.dtype)
+    output = loaded.model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens or answer_token_budget(processor.tokenizer),
+        do_sample=False,
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return processor.batch_decode(new_tokens, skip_special_tokens=True)

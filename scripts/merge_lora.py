@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Merge a LoRA adapter into its base model: a standalone model plus processor and video
+settings, ready for `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, main_guard
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapter-path", required=True, help="LoRA output directory (or a checkpoint-* in it)")
+    parser.add_argument("--base-model", help="base model (default: the one recorded in the adapter)")
+    parser.add_argument("--output-dir", required=True, help="where the merged model goes")
+    parser.add_argument("--overwrite-output", action="store_true", help="replace an existing output directory")
+    return parser.parse_args(argv)
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    adapter = Path(args.adapter_path)
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter}: no adapter_config.json (not a LoRA adapter directory)")
+    check_output_dir(args.output_dir, args.overwrite_output)
+    from qwenvl.inference import load_for_inference
+    from qwenvl.video import VideoSettings
+
+    base = args.base_model or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    loaded = load_for_inference(str(adapter), base)
+    merged = loaded.model.merge_and_unload()
+    with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
+        merged.save_pretrained(tmp)
+        loaded.processor.save_pretrained(tmp)
+        (VideoSettings.load(adapter) or loaded.settings).save(tmp)
+    print(f"merged {adapter} into {base} -> {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
