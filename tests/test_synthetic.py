@@ -224,6 +224,7 @@ def test_same_seed_same_data_other_seed_other_data(dataset: rawdata.RawDataset, 
     ego = dataset.egomotion(clip_id, chunk)
     pd.testing.assert_frame_equal(clips["same"].egomotion(clip_id, 0), ego)
     assert not clips["other"].egomotion(other_id, 0)["x"].equals(ego["x"])
+    assert clips["same"].video_bytes(clip_id, 0) == dataset.video_bytes(clip_id, chunk)
     frames = decoded_frames(dataset.video_bytes(clip_id, chunk))
     same = decoded_frames(clips["same"].video_bytes(clip_id, 0))
     other = decoded_frames(clips["other"].video_bytes(other_id, 0))
