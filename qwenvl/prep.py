@@ -114,7 +114,11 @@ def _manifest_row(clip_id: str, chunk: int, seg: Segment) -> dict:
         "segment_index": seg.index,
         "segment_start_us": int(seg.frame_timestamps_us[0]),
         "video": segment_video_path(clip_id, seg.index),
-        "fps": float((SEGMENT_FRAMES - 1) * 1e6 / duration_us),
+        # The segment mp4 plays at the camera's nominal 30 FPS; the processor gets this rate.
+        # The measured rate (jittered timestamps) is kept for reference only, since feeding it
+        # would flip Qwen3-VL's rounded "<t seconds>" stamps from one segment to the next.
+        "fps": float(SEGMENT_FPS),
+        "measured_fps": float((SEGMENT_FRAMES - 1) * 1e6 / duration_us),
         "frame_timestamps_us": seg.frame_timestamps_us.astype(np.int64).tolist(),
         "observed_speed": seg.observed[:, 0].tolist(),
         "observed_curvature": seg.observed[:, 1].tolist(),

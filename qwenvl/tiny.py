@@ -126,6 +126,9 @@ def build_config(tokenizer: Qwen2Tokenizer) -> Qwen3VLConfig:
             "mrope_interleaved": True,
         },
         "tie_word_embeddings": True,
+        # Wider than Qwen's 0.02: with tied, frozen embeddings a 128-wide model needs larger
+        # rows for its logits to get sharp enough that LoRA alone can fit an answer.
+        "initializer_range": 0.1,
         "pad_token_id": ids("<|endoftext|>"),
         "bos_token_id": None,
         "eos_token_id": ids("<|im_end|>"),

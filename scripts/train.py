@@ -80,8 +80,13 @@ class SaveVideoSettings(TrainerCallback):
 
 
 def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    if torch.cuda.is_available() and not any(a.startswith(("--bf16", "--fp16")) for a in argv):
-        argv = [*argv, "--bf16", "True"]
+    if torch.cuda.is_available():
+        if not any(a.startswith(("--bf16", "--fp16")) for a in argv):
+            argv = [*argv, "--bf16", "True"]
+    elif not any(a.startswith("--use_cpu") for a in argv):
+        # Without a GPU, several processes (torchrun, DeepSpeed) only form one job on gloo
+        # when the Trainer is told it runs on CPU.
+        argv = [*argv, "--use_cpu", "True"]
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.gradient_checkpointing_kwargs is None:
@@ -129,6 +134,11 @@ def run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO if training_args.local_rank in (-1, 0) else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     set_seed(training_args.seed)
+    if training_args.deepspeed and torch.distributed.is_initialized():
+        # ZeRO-3 partitions weights while they load; DeepSpeed must see the whole job first.
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     try:
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
         train_set, eval_set, settings = build_datasets(data_args, training_args, processor)

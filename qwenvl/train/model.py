@@ -111,6 +111,8 @@ def apply_lora(model: torch.nn.Module, flags: TuneFlags, lora: LoraSettings):
 
 
 def trainable_summary(model: torch.nn.Module) -> str:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # Under ZeRO-3 a parameter holds only its shard; ds_numel is its full size.
+    sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
+    total = sum(n for n, _ in sizes)
+    trainable = sum(n for n, grad in sizes if grad)
     return f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
