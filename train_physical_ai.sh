@@ -25,7 +25,7 @@ TUNE_MM_LLM="${TUNE_MM_LLM:-True}"
 MM_PROJECTOR_LR="${MM_PROJECTOR_LR:-}"                # optional per-module learning rates
 VISION_TOWER_LR="${VISION_TOWER_LR:-}"
 MODEL_MAX_LENGTH="${MODEL_MAX_LENGTH:-8192}"
-DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-zero3.json}"    # zero3_offload.json moves optimizer state to CPU
+DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG-zero3.json}"     # zero3_offload.json offloads to CPU; "" = none
 REPORT_TO="${REPORT_TO:-none}"                        # none, tensorboard or wandb
 RESUME="${RESUME:-1}"                                 # 0 = start fresh even if checkpoints exist
 LOGGING_STEPS="${LOGGING_STEPS:-1}"
@@ -43,7 +43,7 @@ source scripts/launch_common.sh
 
 ARGS=(
   --model_name_or_path "$MODEL_PATH" --dataset_use "$DATASETS" --eval_dataset_use "$EVAL_DATASETS"
-  --output_dir "$OUTPUT_DIR" --deepspeed "$DEEPSPEED_CONFIG" --tune_mm_vision "$TUNE_MM_VISION"
+  --output_dir "$OUTPUT_DIR" --tune_mm_vision "$TUNE_MM_VISION"
   --tune_mm_mlp "$TUNE_MM_MLP" --tune_mm_llm "$TUNE_MM_LLM" --num_train_epochs "$EPOCHS"
   --max_steps "$MAX_STEPS" --per_device_train_batch_size "$BATCH_SIZE"
   --per_device_eval_batch_size "$BATCH_SIZE" --gradient_accumulation_steps "$GRAD_ACCUM"
@@ -54,6 +54,7 @@ ARGS=(
   --video_fps "$VIDEO_FPS" --video_min_frames "$VIDEO_MIN_FRAMES" --video_max_frames "$VIDEO_MAX_FRAMES"
   --video_min_pixels "$VIDEO_MIN_PIXELS" --video_max_pixels "$VIDEO_MAX_PIXELS"
 )
+[ -n "$DEEPSPEED_CONFIG" ] && ARGS+=(--deepspeed "$DEEPSPEED_CONFIG")
 [ -n "$MM_PROJECTOR_LR" ] && ARGS+=(--mm_projector_lr "$MM_PROJECTOR_LR")
 [ -n "$VISION_TOWER_LR" ] && ARGS+=(--vision_tower_lr "$VISION_TOWER_LR")
 [ -n "$EVAL_DATASETS" ] && ARGS+=(--eval_strategy steps --eval_steps "$SAVE_STEPS")

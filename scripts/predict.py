@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     from qwenvl.inference import generate_answers, load_for_inference
     from qwenvl.video import decode_video
 
-    loaded = load_for_inference(args.model_path, args.base_model)
+    try:
+        loaded = load_for_inference(args.model_path, args.base_model)
+    except OSError as err:
+        raise UserError(f"{args.model_path}: cannot load ({str(err).splitlines()[0]})") from None
     failed = 0
     for video in args.videos:
         try:

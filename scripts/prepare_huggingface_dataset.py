@@ -56,8 +56,13 @@ def run(args: argparse.Namespace) -> int:
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         splits = {}
         for name in tqdm(SPLITS, desc="building splits", unit="split"):
-            splits[name] = Dataset.from_list(rows[name]) if rows[name] else Dataset.from_dict({})
-        DatasetDict(splits).save_to_disk(str(tmp))
+            if rows[name]:
+                splits[name] = Dataset.from_list(rows[name])
+        features = next(iter(splits.values())).features
+        # An empty split keeps the schema, so every split loads back the same way.
+        empty = Dataset.from_dict({key: [] for key in features}, features=features)
+        splits = {name: splits.get(name, empty) for name in SPLITS}
+        DatasetDict(splits).save_to_disk(str(tmp), num_shards={name: 1 for name in SPLITS})
     counts = ", ".join(f"{name} {len(rows[name])}" for name in SPLITS)
     clips = ", ".join(f"{name} {len({r['clip_id'] for r in rows[name]})}" for name in SPLITS)
     print(f"segments: {counts}; clips: {clips} -> {args.output_dir}")
