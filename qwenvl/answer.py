@@ -22,7 +22,7 @@ _LIST = re.compile(rf"\[\s*{_PAIR.pattern}(?:\s*,\s*{_PAIR.pattern})*\s*\]")
 
 
 class AnswerParseError(ValueError):
-    """The model's text is not exactly 30 finite (velocity, curvature) pairs; str() is the reason."""
+    """The text is not exactly 30 finite (velocity, curvature) pairs; str() says why."""
 
 
 def format_pairs(

@@ -13,11 +13,15 @@ from qwenvl.egomotion import displacement_errors, integrate_unicycle
 from qwenvl.metrics import baseline_predictions, bucketed_metrics
 from qwenvl.plots import plot_error_histogram, plot_profiles, plot_trajectories
 
-COLUMNS = [("n", "n", "{:d}"), ("speed_mae", "speed MAE (m/s)", "{:.3f}"),
-           ("speed_rmse", "speed RMSE (m/s)", "{:.3f}"),
-           ("curvature_mae", "curv. MAE (1/m)", "{:.4f}"),
-           ("curvature_rmse", "curv. RMSE (1/m)", "{:.4f}"),
-           ("ade_m", "ADE 1 s (m)", "{:.3f}"), ("fde_m", "FDE 1 s (m)", "{:.3f}")]
+COLUMNS = [
+    ("n", "n", "{:d}"),
+    ("speed_mae", "speed MAE (m/s)", "{:.3f}"),
+    ("speed_rmse", "speed RMSE (m/s)", "{:.3f}"),
+    ("curvature_mae", "curv. MAE (1/m)", "{:.4f}"),
+    ("curvature_rmse", "curv. RMSE (1/m)", "{:.4f}"),
+    ("ade_m", "ADE 1 s (m)", "{:.3f}"),
+    ("fde_m", "FDE 1 s (m)", "{:.3f}"),
+]
 
 
 def pairs_of(sample: dict, prefix: str) -> np.ndarray:
@@ -32,8 +36,12 @@ def prediction_record(sample: dict, text: str) -> dict:
     except AnswerParseError as err:
         pairs, error = None, str(err)
     return {
-        "id": sample["id"], "video": sample["video"], "raw_text": text, "pairs": pairs,
-        "parse_error": error, "true_pairs": pairs_of(sample, "future").tolist(),
+        "id": sample["id"],
+        "video": sample["video"],
+        "raw_text": text,
+        "pairs": pairs,
+        "parse_error": error,
+        "true_pairs": pairs_of(sample, "future").tolist(),
         "observed_pairs": pairs_of(sample, "observed").tolist(),
     }
 
@@ -46,7 +54,8 @@ def score(records: list[dict], train_future: np.ndarray | None) -> dict:
     baselines = baseline_predictions(observed, train_future)
     return {
         "parse": {
-            "total": len(records), "parsed": len(parsed),
+            "total": len(records),
+            "parsed": len(parsed),
             "rate": len(parsed) / len(records) if records else 0.0,
             "failures": dict(Counter(r["parse_error"] for r in records if r["pairs"] is None)),
         },
@@ -81,7 +90,8 @@ def write_report(metrics: dict, records: list[dict], model_path: str, output_dir
         f"# Evaluation of `{model_path}`\n",
         f"Parsed {parse['parsed']} of {parse['total']} answers ({100 * parse['rate']:.1f}%); "
         f"failures: {failures}. The model's metrics count parsed answers only; the baselines "
-        "use every sample. ADE/FDE integrate (speed, curvature) with the unicycle model over 1 s.\n",
+        "use every sample. ADE/FDE integrate (speed, curvature) with the unicycle model "
+        "over 1 s.\n",
         metrics_table(metrics),
     ]
     for bucket in buckets:

@@ -28,12 +28,15 @@ class LoadedModel:
 
 
 def _has_processor(path: Path) -> bool:
-    return (path / "processor_config.json").is_file() or (path / "preprocessor_config.json").is_file()
+    return (path / "processor_config.json").is_file() or (
+        path / "preprocessor_config.json"
+    ).is_file()
 
 
 def load_for_inference(model_path: str, base_model: str | None = None) -> LoadedModel:
     """A LoRA adapter directory is applied on its base (or --base-model); anything else loads
-    directly. Video settings come from the checkpoint, else from the base, else defaults."""
+    directly. Video settings come from the checkpoint, else from the base, else from the
+    VIDEO_* environment variables or the defaults (a base model has none stored)."""
     path = Path(model_path)
     adapter_config = path / "adapter_config.json"
     if adapter_config.is_file():
@@ -47,10 +50,14 @@ def load_for_inference(model_path: str, base_model: str | None = None) -> Loaded
         model = load_model(model_path)
         kind = "full"
     processor = AutoProcessor.from_pretrained(model_path if _has_processor(path) else base)
-    settings = VideoSettings.load(path) or (VideoSettings.load(base) if Path(base).is_dir() else None)
+    settings = VideoSettings.load(path) or (
+        VideoSettings.load(base) if Path(base).is_dir() else None
+    )
     if settings is None:
-        logger.warning("no video settings stored with %s; using the defaults", model_path)
-        settings = VideoSettings()
+        settings = VideoSettings.from_env()
+        logger.warning(
+            "no video settings stored with %s; using VIDEO_* or defaults: %s", model_path, settings
+        )
     model.eval()
     return LoadedModel(model, processor, settings, kind)
 
@@ -73,11 +80,17 @@ def generate_answers(
     text = processor.apply_chat_template(
         build_messages(prompt), add_generation_prompt=True, tokenize=False
     )
-    videos, metadata = zip(*(prepare_clip(f, fps, loaded.settings) for f, fps in clips), strict=True)
+    videos, metadata = zip(
+        *(prepare_clip(f, fps, loaded.settings) for f, fps in clips), strict=True
+    )
     processor.tokenizer.padding_side = "left"
     inputs = processor(
-        text=[text] * len(clips), videos=list(videos), video_metadata=list(metadata),
-        padding=True, return_tensors="pt", **PROCESSOR_VIDEO_KWARGS,
+        text=[text] * len(clips),
+        videos=list(videos),
+        video_metadata=list(metadata),
+        padding=True,
+        return_tensors="pt",
+        **PROCESSOR_VIDEO_KWARGS,
     ).to(loaded.model.device)
     if "pixel_values_videos" in inputs:
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(loaded.model.dtype)

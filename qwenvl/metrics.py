@@ -31,10 +31,12 @@ def error_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     if len(pred) == 0:
         return {"n": 0}
     diff = pred - true
-    displacement = np.array([
-        displacement_errors(integrate_unicycle(*p.T), integrate_unicycle(*t.T))
-        for p, t in zip(pred, true, strict=True)
-    ])
+    displacement = np.array(
+        [
+            displacement_errors(integrate_unicycle(*p.T), integrate_unicycle(*t.T))
+            for p, t in zip(pred, true, strict=True)
+        ]
+    )
     return {
         "n": len(pred),
         "speed_mae": float(np.abs(diff[..., 0]).mean()),

@@ -1,4 +1,4 @@
-"""PNG plots of an evaluation: trajectories, speed and curvature over the second, error histogram."""
+"""PNG plots of an evaluation: trajectories, speed and curvature over time, error histogram."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def plot_profiles(pred: np.ndarray, true: np.ndarray, ids: list[str], path: Path
     fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     colours = plt.cm.tab10(np.linspace(0, 1, max(len(pred), 1)))
     for p, t, name, colour in zip(pred, true, ids, colours, strict=False):
-        for row, (ax, unit) in enumerate(zip(axes, ("speed (m/s)", "curvature (1/m)"), strict=True)):
+        for row, (ax, unit) in enumerate(
+            zip(axes, ("speed (m/s)", "curvature (1/m)"), strict=True)
+        ):
             ax.plot(STEP_SECONDS, t[:, row], "-", color=colour, label=f"{name[-12:]} true")
             ax.plot(STEP_SECONDS, p[:, row], "--", color=colour)
             ax.set_ylabel(unit)
@@ -58,7 +60,9 @@ def plot_error_histogram(ade_by_name: dict[str, np.ndarray], path: Path) -> None
     bins = np.linspace(0, upper, 30)
     for name, ade in ade_by_name.items():
         if len(ade):
-            ax.hist(np.clip(ade, 0, upper), bins=bins, histtype="step", label=f"{name} (n={len(ade)})")
+            ax.hist(
+                np.clip(ade, 0, upper), bins=bins, histtype="step", label=f"{name} (n={len(ade)})"
+            )
     ax.set_xlabel("ADE over the next second (m)")
     ax.set_ylabel("segments")
     ax.legend(fontsize=8)

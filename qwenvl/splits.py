@@ -35,7 +35,9 @@ def _count(total: int, fraction: float, available: int) -> int:
     return min(available, max(1, round(total * fraction)))
 
 
-def chat_row(row: pd.Series, video_path: str, velocity_decimals: int, curvature_decimals: int) -> dict:
+def chat_row(
+    row: pd.Series, video_path: str, velocity_decimals: int, curvature_decimals: int
+) -> dict:
     """One dataset row: the chat `messages` (video, prompt, answer) and the numeric labels."""
     future = list(zip(row["future_speed"], row["future_curvature"], strict=True))
     answer = format_pairs(future, velocity_decimals, curvature_decimals)

@@ -68,8 +68,12 @@ def build_tokenizer(vocab_size: int = 512) -> Qwen2Tokenizer:
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     tokenizer = Qwen2Tokenizer(
-        vocab=model["vocab"], merges=merges, unk_token=None, eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", errors="replace",
+        vocab=model["vocab"],
+        merges=merges,
+        unk_token=None,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        errors="replace",
     )
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
     tokenizer.eos_token = "<|im_end|>"  # as in Qwen3-VL-Instruct: generation ends a turn

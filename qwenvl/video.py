@@ -135,4 +135,8 @@ def prepare_clip(
 
 
 # Frames arrive sampled and sized by prepare_clip, so the processor must not redo either.
-PROCESSOR_VIDEO_KWARGS = {"do_sample_frames": False, "do_resize": False, "cap_pixels_per_frame": False}
+PROCESSOR_VIDEO_KWARGS = {
+    "do_sample_frames": False,
+    "do_resize": False,
+    "cap_pixels_per_frame": False,
+}

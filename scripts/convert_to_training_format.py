@@ -22,9 +22,15 @@ from qwenvl.data import SPLIT_FILES, training_sample
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input-dir", required=True, help="DatasetDict from prepare_huggingface_dataset.py")
-    parser.add_argument("--output-dir", required=True, help="where train.json, val.json, test.json go")
-    parser.add_argument("--overwrite-output", action="store_true", help="replace an existing output directory")
+    parser.add_argument(
+        "--input-dir", required=True, help="DatasetDict from prepare_huggingface_dataset.py"
+    )
+    parser.add_argument(
+        "--output-dir", required=True, help="where train.json, val.json, test.json go"
+    )
+    parser.add_argument(
+        "--overwrite-output", action="store_true", help="replace an existing output directory"
+    )
     return parser.parse_args(argv)
 
 

@@ -10,6 +10,9 @@ DEMO_CLIPS="${DEMO_CLIPS:-8}"           # synthetic 20 s clips (19 segments each
 DEMO_CLIP_SECONDS="${DEMO_CLIP_SECONDS:-20}"
 DEMO_MAX_STEPS="${DEMO_MAX_STEPS:-60}"  # LoRA optimiser steps on the tiny model
 DEMO_EVAL_SAMPLES="${DEMO_EVAL_SAMPLES:-16}"
+# A smaller per-frame pixel budget than the default (128..256 x 32x32) keeps 2 CPU cores fast.
+export VIDEO_MIN_PIXELS="${VIDEO_MIN_PIXELS:-$((16 * 32 * 32))}"
+export VIDEO_MAX_PIXELS="${VIDEO_MAX_PIXELS:-$((64 * 32 * 32))}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 step() { printf '\n== %s\n' "$*"; }

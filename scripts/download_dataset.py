@@ -24,10 +24,23 @@ os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", nargs="+", required=True, help="chunk numbers, e.g. 0000 0001")
-    parser.add_argument("--cameras", nargs="+", default=[DEFAULT_CAMERA], help="cameras to fetch (default: %(default)s)")
-    parser.add_argument("--output-dir", default="physical_ai_data", help="dataset root to write (default: %(default)s)")
-    parser.add_argument("--repo-id", default=HF_REPO_ID, help="dataset repository (default: %(default)s)")
-    parser.add_argument("--max-workers", type=int, default=8, help="parallel downloads (default: %(default)s)")
+    parser.add_argument(
+        "--cameras",
+        nargs="+",
+        default=[DEFAULT_CAMERA],
+        help="cameras to fetch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default="physical_ai_data",
+        help="dataset root to write (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repo-id", default=HF_REPO_ID, help="dataset repository (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-workers", type=int, default=8, help="parallel downloads (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     for chunk in args.chunks:
         if not re.fullmatch(r"\d{1,4}", chunk):
@@ -51,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if constants.HF_HUB_OFFLINE:
         raise UserError(f"{args.repo_id}: the Hugging Face hub is set offline (HF_HUB_OFFLINE)")
     if get_token() is None:
-        raise UserError(f"{args.repo_id}: no Hugging Face token; run `hf auth login` or set HF_TOKEN")
+        raise UserError(
+            f"{args.repo_id}: no Hugging Face token; run `hf auth login` or set HF_TOKEN"
+        )
     patterns = allow_patterns([int(c) for c in args.chunks], args.cameras)
     try:
         path = snapshot_download(
@@ -62,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
             max_workers=args.max_workers,
         )
     except GatedRepoError:
-        raise UserError(f"{args.repo_id}: access denied; accept the dataset licence on the hub") from None
+        raise UserError(
+            f"{args.repo_id}: access denied; accept the dataset licence on the hub"
+        ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         cause = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{args.repo_id}: download failed ({cause})") from None

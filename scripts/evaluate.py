@@ -19,15 +19,36 @@ from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, main_guar
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-path", required=True, help="base model, LoRA adapter, merged or full checkpoint (path or hub id)")
-    parser.add_argument("--base-model", help="base model of a LoRA adapter (default: the one recorded in the adapter)")
+    parser.add_argument(
+        "--model-path",
+        required=True,
+        help="base model, LoRA adapter, merged or full checkpoint (path or hub id)",
+    )
+    parser.add_argument(
+        "--base-model",
+        help="base model of a LoRA adapter (default: the one recorded in the adapter)",
+    )
     parser.add_argument("--test-json", required=True, help="test.json in the training format")
-    parser.add_argument("--train-json", help="train.json for the train-set mean baseline (default: train.json beside --test-json)")
-    parser.add_argument("--batch-size", type=int, default=4, help="clips per generation batch (default: %(default)s)")
+    parser.add_argument(
+        "--train-json",
+        help="train.json for the train-set mean baseline (default: train.json beside --test-json)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="clips per generation batch (default: %(default)s)",
+    )
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
-    parser.add_argument("--max-new-tokens", type=int, help="generation budget (default: fitted to 30 pairs)")
-    parser.add_argument("--output-dir", required=True, help="where predictions, metrics, report and plots go")
-    parser.add_argument("--overwrite-output", action="store_true", help="replace an existing output directory")
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="generation budget (default: fitted to 30 pairs)"
+    )
+    parser.add_argument(
+        "--output-dir", required=True, help="where predictions, metrics, report and plots go"
+    )
+    parser.add_argument(
+        "--overwrite-output", action="store_true", help="replace an existing output directory"
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1 or (args.max_samples is not None and args.max_samples < 1):
         parser.error("--batch-size and --max-samples must be positive")
@@ -76,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         for start in range(0, len(samples), args.batch_size):
             batch = samples[start : start + args.batch_size]
             clips = [decode_video(s["video"]) for s in batch]
-            clips = [(frames, float(s.get("fps") or fps)) for s, (frames, fps) in zip(batch, clips, strict=True)]
+            clips = [
+                (frames, float(s.get("fps") or fps))
+                for s, (frames, fps) in zip(batch, clips, strict=True)
+            ]
             texts = generate_answers(loaded, clips, max_new_tokens=args.max_new_tokens)
             records += [prediction_record(s, t) for s, t in zip(batch, texts, strict=True)]
             bar.update(len(batch))
@@ -89,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
     from qwenvl.evaluation import metrics_table
 
     print(metrics_table(metrics))
-    print(f"parsed {metrics['parse']['parsed']}/{metrics['parse']['total']}; report: "
-          f"{Path(args.output_dir) / 'report.md'}")
+    print(
+        f"parsed {metrics['parse']['parsed']}/{metrics['parse']['total']}; report: "
+        f"{Path(args.output_dir) / 'report.md'}"
+    )
     return 0
 
 

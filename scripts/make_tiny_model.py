@@ -16,8 +16,12 @@ from qwenvl.cli import atomic_output_dir, main_guard
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True, help="directory to write the model into")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
-    parser.add_argument("--overwrite-output", action="store_true", help="replace an existing output directory")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--overwrite-output", action="store_true", help="replace an existing output directory"
+    )
     return parser.parse_args(argv)
 
 

@@ -15,10 +15,16 @@ from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, main_guar
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--adapter-path", required=True, help="LoRA output directory (or a checkpoint-* in it)")
-    parser.add_argument("--base-model", help="base model (default: the one recorded in the adapter)")
+    parser.add_argument(
+        "--adapter-path", required=True, help="LoRA output directory (or a checkpoint-* in it)"
+    )
+    parser.add_argument(
+        "--base-model", help="base model (default: the one recorded in the adapter)"
+    )
     parser.add_argument("--output-dir", required=True, help="where the merged model goes")
-    parser.add_argument("--overwrite-output", action="store_true", help="replace an existing output directory")
+    parser.add_argument(
+        "--overwrite-output", action="store_true", help="replace an existing output directory"
+    )
     return parser.parse_args(argv)
 
 
@@ -32,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from qwenvl.inference import load_for_inference
     from qwenvl.video import VideoSettings
 
-    base = args.base_model or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = (
+        args.base_model
+        or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    )
     loaded = load_for_inference(str(adapter), base)
     merged = loaded.model.merge_and_unload()
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:

@@ -20,8 +20,13 @@ from qwenvl.cli import UserError, main_guard
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="mp4 files")
-    parser.add_argument("--model-path", required=True, help="fine-tuned model, LoRA adapter, or base model")
-    parser.add_argument("--base-model", help="base model of a LoRA adapter (default: the one recorded in the adapter)")
+    parser.add_argument(
+        "--model-path", required=True, help="fine-tuned model, LoRA adapter, or base model"
+    )
+    parser.add_argument(
+        "--base-model",
+        help="base model of a LoRA adapter (default: the one recorded in the adapter)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per clip")
     return parser.parse_args(argv)
 
@@ -30,7 +35,7 @@ def to_one_second(frames: np.ndarray, fps: float, count: int = 30) -> tuple[np.n
     """The last second of a clip as exactly `count` frames, and the fps that makes them 1 s."""
     if len(frames) == count and abs(fps - count) < 0.5:
         return frames, fps
-    last_second = frames[-max(1, int(round(fps))):]
+    last_second = frames[-max(1, int(round(fps))) :]
     indices = np.linspace(0, len(last_second) - 1, count).round().astype(int)
     return last_second[indices], float(count)
 
@@ -61,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         except AnswerParseError as err:
             pairs, error, failed = None, str(err), failed + 1
         if args.json:
-            print(json.dumps({"video": video, "pairs": pairs, "parse_error": error, "raw_text": text}))
+            print(
+                json.dumps({"video": video, "pairs": pairs, "parse_error": error, "raw_text": text})
+            )
         elif pairs is None:
             print(f"{video}: answer not parsed ({error}): {text!r}")
         else:

@@ -23,12 +23,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments-dir", required=True, help="output of prepare_video_segments.py")
     parser.add_argument("--output-dir", required=True, help="where the DatasetDict is saved")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of clips for validation (default: %(default)s)")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of clips for test (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the clip split (default: %(default)s)")
-    parser.add_argument("--velocity-decimals", type=int, default=1, help="decimals of velocity in the answer (default: %(default)s)")
-    parser.add_argument("--curvature-decimals", type=int, default=3, help="decimals of curvature in the answer (default: %(default)s)")
-    parser.add_argument("--overwrite-output", action="store_true", help="replace an existing output directory")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of clips for validation (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="share of clips for test (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed of the clip split (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--velocity-decimals",
+        type=int,
+        default=1,
+        help="decimals of velocity in the answer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--curvature-decimals",
+        type=int,
+        default=3,
+        help="decimals of curvature in the answer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite-output", action="store_true", help="replace an existing output directory"
+    )
     args = parser.parse_args(argv)
     if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1):
         parser.error("--val-fraction and --test-fraction must lie in [0, 1)")

@@ -26,12 +26,28 @@ MANIFEST = "manifest.parquet"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, help="dataset root (holds camera/, labels/, metadata/)")
+    parser.add_argument(
+        "--data-dir", required=True, help="dataset root (holds camera/, labels/, metadata/)"
+    )
     parser.add_argument("--output-dir", required=True, help="where segments and manifest go")
-    parser.add_argument("--camera", default=DEFAULT_CAMERA, help="camera to read (default: %(default)s)")
-    parser.add_argument("--max-width", type=int, default=640, help="downscale wider frames to this width, aspect kept (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel clip workers (default: %(default)s)")
-    parser.add_argument("--overwrite-output", action="store_true", help="replace an existing output directory")
+    parser.add_argument(
+        "--camera", default=DEFAULT_CAMERA, help="camera to read (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-width",
+        type=int,
+        default=640,
+        help="downscale wider frames to this width, aspect kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="parallel clip workers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite-output", action="store_true", help="replace an existing output directory"
+    )
     args = parser.parse_args(argv)
     if args.max_width < 32 or args.workers < 1:
         parser.error("--max-width must be >= 32 and --workers >= 1")
@@ -69,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
         ]
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             results = pool.map(_work, tasks)
-            for clip_id, result in tqdm(results, total=len(tasks), desc="segmenting clips", unit="clip"):
+            for clip_id, result in tqdm(
+                results, total=len(tasks), desc="segmenting clips", unit="clip"
+            ):
                 if isinstance(result, str):
                     skipped[clip_id] = result
                     tqdm.write(f"skipped clip {clip_id}: {result}", file=sys.stderr)
@@ -79,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{args.data_dir}: no clip produced a segment ({len(skipped)} skipped)")
         manifest = pd.DataFrame(rows).sort_values(["clip_id", "segment_index"], ignore_index=True)
         manifest.to_parquet(tmp / MANIFEST, index=False)
-        atomic_write_text(tmp / "skipped.json", pd.Series(skipped, dtype=str).to_json(indent=2) + "\n")
+        atomic_write_text(
+            tmp / "skipped.json", pd.Series(skipped, dtype=str).to_json(indent=2) + "\n"
+        )
     clips_done = manifest["clip_id"].nunique()
     print(
         f"{clips_done} clips -> {len(manifest)} segments in {args.output_dir} "

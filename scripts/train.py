@@ -19,7 +19,14 @@ from transformers import AutoProcessor, HfArgumentParser, TrainerCallback, set_s
 from qwenvl.cli import UserError, main_guard
 from qwenvl.data import load_samples
 from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
-from qwenvl.train.model import LoraSettings, TuneFlags, apply_lora, freeze_for_full, load_model, trainable_summary
+from qwenvl.train.model import (
+    LoraSettings,
+    TuneFlags,
+    apply_lora,
+    freeze_for_full,
+    load_model,
+    trainable_summary,
+)
 from qwenvl.train.trainer import QwenVLTrainer, find_resume_checkpoint
 from qwenvl.video import VideoSettings
 
@@ -28,42 +35,89 @@ logger = logging.getLogger("train")
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(default="Qwen/Qwen3-VL-4B-Instruct", metadata={"help": "hub id or local directory of the base model"})
+    model_name_or_path: str = field(
+        default="Qwen/Qwen3-VL-4B-Instruct",
+        metadata={"help": "hub id or local directory of the base model"},
+    )
     tune_mm_vision: bool = field(default=False, metadata={"help": "train the vision encoder"})
-    tune_mm_mlp: bool = field(default=True, metadata={"help": "train the vision-language projector (mergers)"})
+    tune_mm_mlp: bool = field(
+        default=True, metadata={"help": "train the vision-language projector (mergers)"}
+    )
     tune_mm_llm: bool = field(default=True, metadata={"help": "train the language model"})
-    lora_enable: bool = field(default=False, metadata={"help": "train LoRA adapters instead of full weights"})
+    lora_enable: bool = field(
+        default=False, metadata={"help": "train LoRA adapters instead of full weights"}
+    )
     lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
-    mm_projector_lr: float | None = field(default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"})
-    vision_tower_lr: float | None = field(default=None, metadata={"help": "learning rate of the vision encoder (default: --learning_rate)"})
-    attn_implementation: str | None = field(default=None, metadata={"help": "attention kernel (default: flash_attention_2 on CUDA when installed, else sdpa)"})
+    mm_projector_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
+    )
+    vision_tower_lr: float | None = field(
+        default=None,
+        metadata={"help": "learning rate of the vision encoder (default: --learning_rate)"},
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "attention kernel (default: flash_attention_2 on CUDA if installed, else sdpa)"
+        },
+    )
 
 
 @dataclass
 class DataArguments:
-    dataset_use: str = field(default="physical_ai_driving", metadata={"help": "comma-separated registry names or training JSON paths, each optionally name%%pct"})
-    eval_dataset_use: str = field(default="", metadata={"help": "validation datasets, same syntax; empty = no evaluation"})
-    video_fps: float = field(default=VideoSettings.fps, metadata={"help": "frames per second sampled from each clip"})
-    video_min_frames: int = field(default=VideoSettings.min_frames, metadata={"help": "fewest frames per clip"})
-    video_max_frames: int = field(default=VideoSettings.max_frames, metadata={"help": "most frames per clip"})
-    video_min_pixels: int = field(default=VideoSettings.min_pixels, metadata={"help": "lower bound of pixels per frame"})
-    video_max_pixels: int = field(default=VideoSettings.max_pixels, metadata={"help": "upper bound of pixels per frame"})
+    dataset_use: str = field(
+        default="physical_ai_driving",
+        metadata={
+            "help": "comma-separated registry names or training JSON paths, each maybe name%%pct"
+        },
+    )
+    eval_dataset_use: str = field(
+        default="", metadata={"help": "validation datasets, same syntax; empty = no evaluation"}
+    )
+    video_fps: float = field(
+        default=VideoSettings.fps, metadata={"help": "frames per second sampled from each clip"}
+    )
+    video_min_frames: int = field(
+        default=VideoSettings.min_frames, metadata={"help": "fewest frames per clip"}
+    )
+    video_max_frames: int = field(
+        default=VideoSettings.max_frames, metadata={"help": "most frames per clip"}
+    )
+    video_min_pixels: int = field(
+        default=VideoSettings.min_pixels, metadata={"help": "lower bound of pixels per frame"}
+    )
+    video_max_pixels: int = field(
+        default=VideoSettings.max_pixels, metadata={"help": "upper bound of pixels per frame"}
+    )
 
     def video_settings(self) -> VideoSettings:
         return VideoSettings(
-            self.video_fps, self.video_min_frames, self.video_max_frames,
-            self.video_min_pixels, self.video_max_pixels,
+            self.video_fps,
+            self.video_min_frames,
+            self.video_max_frames,
+            self.video_min_pixels,
+            self.video_max_pixels,
         )
 
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
-    model_max_length: int = field(default=8192, metadata={"help": "longest sample in tokens; longer samples are skipped, never cut"})
-    auto_resume: bool = field(default=True, metadata={"help": "continue from the newest complete checkpoint-* in output_dir"})
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations to save memory"})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "keep video fields in batches (must stay False)"})
+    model_max_length: int = field(
+        default=8192,
+        metadata={"help": "longest sample in tokens; longer samples are skipped, never cut"},
+    )
+    auto_resume: bool = field(
+        default=True,
+        metadata={"help": "continue from the newest complete checkpoint-* in output_dir"},
+    )
+    gradient_checkpointing: bool = field(
+        default=True, metadata={"help": "recompute activations to save memory"}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "keep video fields in batches (must stay False)"}
+    )
 
 
 class SaveVideoSettings(TrainerCallback):
@@ -112,7 +166,9 @@ def build_datasets(data_args: DataArguments, training_args: TrainingArguments, p
     specs = [s for s in data_args.dataset_use.split(",") if s.strip()]
     train = SupervisedDataset(
         load_samples(specs, training_args.data_seed or training_args.seed),
-        processor, settings, training_args.model_max_length,
+        processor,
+        settings,
+        training_args.model_max_length,
     )
     if len(train) == 0:
         raise UserError(f"{data_args.dataset_use}: no training sample fits model_max_length")
@@ -131,8 +187,10 @@ def run(argv: list[str]) -> int:
         settings = data_args.video_settings()
     except ValueError as err:
         raise UserError(str(err)) from None
-    logging.basicConfig(level=logging.INFO if training_args.local_rank in (-1, 0) else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if training_args.local_rank in (-1, 0) else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
     set_seed(training_args.seed)
     if training_args.deepspeed and torch.distributed.is_initialized():
         # ZeRO-3 partitions weights while they load; DeepSpeed must see the whole job first.
@@ -156,7 +214,9 @@ def run(argv: list[str]) -> int:
         projector_lr=model_args.mm_projector_lr,
         vision_lr=model_args.vision_tower_lr,
     )
-    checkpoint = find_resume_checkpoint(training_args.output_dir) if training_args.auto_resume else None
+    checkpoint = (
+        find_resume_checkpoint(training_args.output_dir) if training_args.auto_resume else None
+    )
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -26,11 +26,17 @@ def run_script(*args: str, env: dict | None = None, check: bool = True, timeout:
     """Run one of our scripts as a user would; returns the CompletedProcess."""
     cmd = [sys.executable, *args] if args[0].endswith(".py") else list(args)
     result = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -46,8 +52,19 @@ def raw_dataset(tmp_path_factory) -> Path:
     """Four 6-second clips at 160x96 in the raw layout."""
     out = tmp_path_factory.mktemp("raw") / "data"
     run_script(
-        "scripts/make_synthetic_data.py", "--output-dir", str(out), "--num-clips", "4",
-        "--clip-seconds", "6", "--width", "160", "--height", "96", "--seed", "3",
+        "scripts/make_synthetic_data.py",
+        "--output-dir",
+        str(out),
+        "--num-clips",
+        "4",
+        "--clip-seconds",
+        "6",
+        "--width",
+        "160",
+        "--height",
+        "96",
+        "--seed",
+        "3",
     )
     return out
 
@@ -56,8 +73,13 @@ def raw_dataset(tmp_path_factory) -> Path:
 def segments_dir(raw_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("segments") / "segments"
     run_script(
-        "scripts/prepare_video_segments.py", "--data-dir", str(raw_dataset),
-        "--output-dir", str(out), "--workers", "2",
+        "scripts/prepare_video_segments.py",
+        "--data-dir",
+        str(raw_dataset),
+        "--output-dir",
+        str(out),
+        "--workers",
+        "2",
     )
     return out
 
@@ -66,11 +88,21 @@ def segments_dir(raw_dataset, tmp_path_factory) -> Path:
 def training_dir(segments_dir, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("dataset")
     run_script(
-        "scripts/prepare_huggingface_dataset.py", "--segments-dir", str(segments_dir),
-        "--output-dir", str(base / "hf"), "--val-fraction", "0.25", "--test-fraction", "0.25",
+        "scripts/prepare_huggingface_dataset.py",
+        "--segments-dir",
+        str(segments_dir),
+        "--output-dir",
+        str(base / "hf"),
+        "--val-fraction",
+        "0.25",
+        "--test-fraction",
+        "0.25",
     )
     run_script(
-        "scripts/convert_to_training_format.py", "--input-dir", str(base / "hf"),
-        "--output-dir", str(base / "training"),
+        "scripts/convert_to_training_format.py",
+        "--input-dir",
+        str(base / "hf"),
+        "--output-dir",
+        str(base / "training"),
     )
     return base / "training"

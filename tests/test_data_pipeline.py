@@ -14,9 +14,9 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_script
 from datasets import load_from_disk
 
-from conftest import run_script
 from qwenvl import rawdata
 from qwenvl.answer import AnswerParseError, format_pairs, parse_pairs
 from qwenvl.data import data_list, load_samples
@@ -29,10 +29,30 @@ def _frames(path: Path) -> int:
 
 def test_twenty_second_clip_gives_19_segments_of_30_frames(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "seg"
-    run_script("scripts/make_synthetic_data.py", "--output-dir", str(raw), "--num-clips", "1",
-               "--clip-seconds", "20", "--width", "96", "--height", "64", "--seed", "9")
-    run_script("scripts/prepare_video_segments.py", "--data-dir", str(raw), "--output-dir", str(out),
-               "--max-width", "64")
+    run_script(
+        "scripts/make_synthetic_data.py",
+        "--output-dir",
+        str(raw),
+        "--num-clips",
+        "1",
+        "--clip-seconds",
+        "20",
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--seed",
+        "9",
+    )
+    run_script(
+        "scripts/prepare_video_segments.py",
+        "--data-dir",
+        str(raw),
+        "--output-dir",
+        str(out),
+        "--max-width",
+        "64",
+    )
     manifest = pd.read_parquet(out / "manifest.parquet")
     assert manifest["segment_index"].tolist() == list(range(19))
     for row in manifest.itertuples():
@@ -40,7 +60,9 @@ def test_twenty_second_clip_gives_19_segments_of_30_frames(tmp_path):
         assert _frames(out / row.video) == 30
         with av.open(str(out / row.video)) as container:
             assert container.streams.video[0].width == 64  # downscaled, aspect kept
-            assert container.streams.video[0].height == 42 or container.streams.video[0].height == 44
+            assert (
+                container.streams.video[0].height == 42 or container.streams.video[0].height == 44
+            )
 
 
 def test_manifest_labels_match_the_source(segments_dir, raw_dataset):
@@ -50,10 +72,11 @@ def test_manifest_labels_match_the_source(segments_dir, raw_dataset):
     ds = rawdata.RawDataset(raw_dataset)
     t = ds.frame_timestamps(row["clip_id"], row["chunk"]).to_numpy()
     start = int(np.argmin(np.abs(t - row["segment_index"] * 1_000_000)))
-    assert list(row["frame_timestamps_us"]) == t[start:start + 30].tolist()
+    assert list(row["frame_timestamps_us"]) == t[start : start + 30].tolist()
     ego = ds.egomotion(row["clip_id"], row["chunk"])
     np.testing.assert_allclose(
-        row["future_curvature"], np.interp(t[start + 30:start + 60], ego["timestamp"], ego["curvature"])
+        row["future_curvature"],
+        np.interp(t[start + 30 : start + 60], ego["timestamp"], ego["curvature"]),
     )
 
 
@@ -67,7 +90,8 @@ def test_splits_never_share_a_clip(training_dir):
     assert row["messages"][0]["content"][0]["type"] == "video"
     assert row["messages"][0]["content"][0]["fps"] == pytest.approx(30, abs=0.2)
     assert parse_pairs(row["messages"][1]["content"][0]["text"]) == [
-        (round(v, 1), round(c, 3)) for v, c in zip(row["future_speed"], row["future_curvature"])
+        (round(v, 1), round(c, 3))
+        for v, c in zip(row["future_speed"], row["future_curvature"], strict=True)
     ]
 
 
@@ -82,8 +106,13 @@ def test_training_json_paths_resolve_and_hold_labels(training_dir):
 
 
 def test_registry_names_and_sampling(training_dir):
-    names = [e["annotation_path"] for e in data_list(["physical_ai_driving", "physical_ai_driving_test"])]
-    assert names == ["qwen_video_dataset_training/train.json", "qwen_video_dataset_training/test.json"]
+    names = [
+        e["annotation_path"] for e in data_list(["physical_ai_driving", "physical_ai_driving_test"])
+    ]
+    assert names == [
+        "qwen_video_dataset_training/train.json",
+        "qwen_video_dataset_training/test.json",
+    ]
     assert data_list(["physical_ai_driving_val%25"])[0]["sampling_rate"] == 0.25
     with pytest.raises(ValueError, match="unknown dataset 'nope'.*physical_ai_driving"):
         data_list(["nope"])
@@ -138,8 +167,16 @@ BAD_INPUTS = {
     "corrupt mp4": ("video", _break_video, "cannot be decoded"),
     "truncated mp4": ("video", _truncate_video, "cannot be decoded|video ends after"),
     "no egomotion": ("egomotion", None, "egomotion.parquet not found"),
-    "nan timestamps": ("timestamps", lambda t: _timestamps_with(np.where(np.arange(len(t)) == 5, np.nan, t.astype(float))), "NaN"),
-    "non-monotonic timestamps": ("timestamps", lambda t: _timestamps_with(np.r_[t[:10], t[9:-1]]), "not strictly increasing"),
+    "nan timestamps": (
+        "timestamps",
+        lambda t: _timestamps_with(np.where(np.arange(len(t)) == 5, np.nan, t.astype(float))),
+        "NaN",
+    ),
+    "non-monotonic timestamps": (
+        "timestamps",
+        lambda t: _timestamps_with(np.r_[t[:10], t[9:-1]]),
+        "not strictly increasing",
+    ),
     "short clip": ("timestamps", lambda t: _timestamps_with(t[:45]), "shorter than 2 s"),
 }
 
@@ -160,8 +197,15 @@ def test_bad_clip_is_named_skipped_and_the_rest_processed(case, raw_dataset, tmp
     else:
         member = rawdata.timestamps_member(clip_id, rawdata.DEFAULT_CAMERA)
         _rewrite_member(camera_zip, member, change(ds.frame_timestamps(clip_id, chunk).to_numpy()))
-    result = run_script("scripts/prepare_video_segments.py", "--data-dir", str(raw),
-                        "--output-dir", str(tmp_path / "seg"), "--workers", "1")
+    result = run_script(
+        "scripts/prepare_video_segments.py",
+        "--data-dir",
+        str(raw),
+        "--output-dir",
+        str(tmp_path / "seg"),
+        "--workers",
+        "1",
+    )
     assert re.search(rf"skipped clip {clip_id}: .*({message})", result.stderr)
     assert "3 clips -> 15 segments" in result.stdout and "1 clips skipped" in result.stdout
     manifest = pd.read_parquet(tmp_path / "seg" / "manifest.parquet")
@@ -174,8 +218,14 @@ def test_nothing_produced_is_an_error_and_leaves_no_output(raw_dataset, tmp_path
     shutil.copytree(raw_dataset, raw)
     for zip_path in (raw / "labels").rglob("*.zip"):
         zip_path.unlink()
-    result = run_script("scripts/prepare_video_segments.py", "--data-dir", str(raw),
-                        "--output-dir", str(tmp_path / "seg"), check=False)
+    result = run_script(
+        "scripts/prepare_video_segments.py",
+        "--data-dir",
+        str(raw),
+        "--output-dir",
+        str(tmp_path / "seg"),
+        check=False,
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error:")
     assert "Traceback" not in result.stderr
@@ -183,8 +233,14 @@ def test_nothing_produced_is_an_error_and_leaves_no_output(raw_dataset, tmp_path
 
 
 def test_existing_output_needs_overwrite(segments_dir, tmp_path):
-    result = run_script("scripts/prepare_huggingface_dataset.py", "--segments-dir", str(segments_dir),
-                        "--output-dir", str(segments_dir.parent), check=False)
+    result = run_script(
+        "scripts/prepare_huggingface_dataset.py",
+        "--segments-dir",
+        str(segments_dir),
+        "--output-dir",
+        str(segments_dir.parent),
+        check=False,
+    )
     assert result.returncode == 2 and "--overwrite-output" in result.stderr
 
 
@@ -199,25 +255,42 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path):
 
 def test_download_fails_fast_when_offline(tmp_path):
     start = time.monotonic()
-    result = run_script("scripts/download_dataset.py", "--chunks", "0000", "--output-dir",
-                        str(tmp_path / "d"), env={"HF_HUB_OFFLINE": "1"}, check=False)
+    result = run_script(
+        "scripts/download_dataset.py",
+        "--chunks",
+        "0000",
+        "--output-dir",
+        str(tmp_path / "d"),
+        env={"HF_HUB_OFFLINE": "1"},
+        check=False,
+    )
     assert result.returncode != 0 and time.monotonic() - start < 30
     assert result.stderr.strip() == (
-        "error: nvidia/PhysicalAI-Autonomous-Vehicles: the Hugging Face hub is set offline (HF_HUB_OFFLINE)"
+        "error: nvidia/PhysicalAI-Autonomous-Vehicles: "
+        "the Hugging Face hub is set offline (HF_HUB_OFFLINE)"
     )
 
 
 def test_download_fails_fast_without_a_token(tmp_path):
     env = {"HF_HUB_OFFLINE": "0", "HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf")}
-    result = run_script("scripts/download_dataset.py", "--chunks", "0000", "--output-dir",
-                        str(tmp_path / "d"), env=env, check=False)
+    result = run_script(
+        "scripts/download_dataset.py",
+        "--chunks",
+        "0000",
+        "--output-dir",
+        str(tmp_path / "d"),
+        env=env,
+        check=False,
+    )
     assert result.returncode != 0 and "no Hugging Face token" in result.stderr
 
 
 def test_download_patterns_keep_the_dataset_paths():
     from importlib import util
 
-    spec = util.spec_from_file_location("download", Path(__file__).parents[1] / "scripts/download_dataset.py")
+    spec = util.spec_from_file_location(
+        "download", Path(__file__).parents[1] / "scripts/download_dataset.py"
+    )
     module = util.module_from_spec(spec)
     spec.loader.exec_module(module)
     patterns = module.allow_patterns([0, 12], ["camera_front_wide_120fov"])

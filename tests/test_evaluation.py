@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_script
+
 from qwenvl.synthetic import constant_profile, encode_mp4, write_synthetic_dataset
 
 SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
@@ -19,21 +19,55 @@ SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32
 def steady_data(tmp_path_factory) -> Path:
     """Clips that all drive 8 m/s on curvature 0.01: one answer the tiny model can learn."""
     base = tmp_path_factory.mktemp("steady")
-    write_synthetic_dataset(base / "raw", 2, clip_seconds=4, width=160, height=96, seed=1,
-                            profile=constant_profile(8.0, 0.01), progress=False)
-    run_script("scripts/prepare_video_segments.py", "--data-dir", str(base / "raw"),
-               "--output-dir", str(base / "seg"))
-    run_script("scripts/prepare_huggingface_dataset.py", "--segments-dir", str(base / "seg"),
-               "--output-dir", str(base / "hf"), "--val-fraction", "0", "--test-fraction", "0.5")
-    run_script("scripts/convert_to_training_format.py", "--input-dir", str(base / "hf"),
-               "--output-dir", str(base / "training"))
+    write_synthetic_dataset(
+        base / "raw",
+        2,
+        clip_seconds=4,
+        width=160,
+        height=96,
+        seed=1,
+        profile=constant_profile(8.0, 0.01),
+        progress=False,
+    )
+    run_script(
+        "scripts/prepare_video_segments.py",
+        "--data-dir",
+        str(base / "raw"),
+        "--output-dir",
+        str(base / "seg"),
+    )
+    run_script(
+        "scripts/prepare_huggingface_dataset.py",
+        "--segments-dir",
+        str(base / "seg"),
+        "--output-dir",
+        str(base / "hf"),
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0.5",
+    )
+    run_script(
+        "scripts/convert_to_training_format.py",
+        "--input-dir",
+        str(base / "hf"),
+        "--output-dir",
+        str(base / "training"),
+    )
     return base
 
 
 def _train(launcher: str, model, data: Path, out: Path, **extra) -> Path:
-    env = {"MODEL_PATH": str(model), "DATASETS": str(data / "training" / "train.json"),
-           "OUTPUT_DIR": str(out), "BATCH_SIZE": "3", "GRAD_ACCUM": "1", "DATALOADER_WORKERS": "0",
-           **SMALL_VIDEO, **{k: str(v) for k, v in extra.items()}}
+    env = {
+        "MODEL_PATH": str(model),
+        "DATASETS": str(data / "training" / "train.json"),
+        "OUTPUT_DIR": str(out),
+        "BATCH_SIZE": "3",
+        "GRAD_ACCUM": "1",
+        "DATALOADER_WORKERS": "0",
+        **SMALL_VIDEO,
+        **{k: str(v) for k, v in extra.items()},
+    }
     run_script(launcher, env=env)
     return out
 
@@ -42,22 +76,45 @@ def _train(launcher: str, model, data: Path, out: Path, **extra) -> Path:
 def fine_tuned(tiny_model_dir, steady_data, tmp_path_factory) -> Path:
     """A full fine-tune (no DeepSpeed) that answers the steady clips with 30 exact pairs."""
     out = tmp_path_factory.mktemp("full") / "model"
-    return _train("./train_physical_ai.sh", tiny_model_dir, steady_data, out, DEEPSPEED_CONFIG="",
-                  MAX_STEPS=100, LR="3e-3", SAVE_STEPS=100)
+    return _train(
+        "./train_physical_ai.sh",
+        tiny_model_dir,
+        steady_data,
+        out,
+        DEEPSPEED_CONFIG="",
+        MAX_STEPS=100,
+        LR="3e-3",
+        SAVE_STEPS=100,
+    )
 
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model_dir, steady_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lora") / "adapter"
-    return _train("./train_physical_ai_lora.sh", tiny_model_dir, steady_data, out,
-                  MAX_STEPS=6, LR="1e-2", SAVE_STEPS=6)
+    return _train(
+        "./train_physical_ai_lora.sh",
+        tiny_model_dir,
+        steady_data,
+        out,
+        MAX_STEPS=6,
+        LR="1e-2",
+        SAVE_STEPS=6,
+    )
 
 
 def test_evaluate_fine_tuned_model_writes_every_output(fine_tuned, steady_data, tmp_path):
     out = tmp_path / "eval"
-    result = run_script("scripts/evaluate.py", "--model-path", str(fine_tuned), "--test-json",
-                        str(steady_data / "training" / "test.json"), "--batch-size", "2",
-                        "--output-dir", str(out))
+    result = run_script(
+        "scripts/evaluate.py",
+        "--model-path",
+        str(fine_tuned),
+        "--test-json",
+        str(steady_data / "training" / "test.json"),
+        "--batch-size",
+        "2",
+        "--output-dir",
+        str(out),
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["parse"]["parsed"] == metrics["parse"]["total"] == 3
     model = metrics["model"]["all"]
@@ -75,17 +132,34 @@ def test_evaluate_fine_tuned_model_writes_every_output(fine_tuned, steady_data, 
 
 def test_evaluate_base_model_counts_parse_failures(tiny_model_dir, steady_data, tmp_path):
     out = tmp_path / "eval"
-    run_script("scripts/evaluate.py", "--model-path", str(tiny_model_dir), "--test-json",
-               str(steady_data / "training" / "test.json"), "--max-samples", "2",
-               "--max-new-tokens", "12", "--output-dir", str(out))
+    run_script(
+        "scripts/evaluate.py",
+        "--model-path",
+        str(tiny_model_dir),
+        "--test-json",
+        str(steady_data / "training" / "test.json"),
+        "--max-samples",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--output-dir",
+        str(out),
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["parse"]["total"] == 2 and metrics["parse"]["parsed"] == 0
     assert sum(metrics["parse"]["failures"].values()) == 2
     assert metrics["model"]["all"] == {"n": 0}
     assert metrics["baselines"]["hold_last"]["all"]["n"] == 2
-    again = run_script("scripts/evaluate.py", "--model-path", str(tiny_model_dir), "--test-json",
-                       str(steady_data / "training" / "test.json"), "--output-dir", str(out),
-                       check=False)
+    again = run_script(
+        "scripts/evaluate.py",
+        "--model-path",
+        str(tiny_model_dir),
+        "--test-json",
+        str(steady_data / "training" / "test.json"),
+        "--output-dir",
+        str(out),
+        check=False,
+    )
     assert again.returncode == 2 and "--overwrite-output" in again.stderr
 
 
@@ -136,12 +210,20 @@ def test_merged_model_logits_equal_the_adapter(adapter, tiny_model_dir, steady_d
     from qwenvl.inference import load_for_inference
 
     merged_dir = tmp_path / "merged"
-    run_script("scripts/merge_lora.py", "--adapter-path", str(adapter), "--output-dir", str(merged_dir))
-    assert (merged_dir / "video_settings.json").is_file() and not (merged_dir / "adapter_config.json").exists()
+    run_script(
+        "scripts/merge_lora.py", "--adapter-path", str(adapter), "--output-dir", str(merged_dir)
+    )
+    assert (merged_dir / "video_settings.json").is_file() and not (
+        merged_dir / "adapter_config.json"
+    ).exists()
     loaded = load_for_inference(str(adapter))
     merged = Qwen3VLForConditionalGeneration.from_pretrained(merged_dir).eval()
-    dataset = SupervisedDataset(load_samples([str(steady_data / "training" / "test.json")]),
-                                loaded.processor, loaded.settings, 8192)
+    dataset = SupervisedDataset(
+        load_samples([str(steady_data / "training" / "test.json")]),
+        loaded.processor,
+        loaded.settings,
+        8192,
+    )
     batch = VideoCollator(loaded.processor.tokenizer.pad_token_id)([dataset[0]])
     batch.pop("labels")
     with torch.no_grad():
@@ -152,6 +234,12 @@ def test_merged_model_logits_equal_the_adapter(adapter, tiny_model_dir, steady_d
         untouched = base(**batch).logits
     assert not torch.allclose(expected, untouched, atol=1e-3)  # the adapter changed something
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    again = run_script("scripts/merge_lora.py", "--adapter-path", str(adapter), "--output-dir",
-                       str(merged_dir), check=False)
+    again = run_script(
+        "scripts/merge_lora.py",
+        "--adapter-path",
+        str(adapter),
+        "--output-dir",
+        str(merged_dir),
+        check=False,
+    )
     assert again.returncode == 2 and "--overwrite-output" in again.stderr

@@ -44,7 +44,9 @@ def test_a_speed_offset_grows_linearly_along_the_second():
     true = np.stack([np.full(30, 10.0), np.zeros(30)], -1)[None]
     pred = np.stack([np.full(30, 11.0), np.zeros(30)], -1)[None]
     metrics = error_metrics(pred, true)
-    assert metrics["speed_mae"] == pytest.approx(1.0) and metrics["speed_rmse"] == pytest.approx(1.0)
+    assert metrics["speed_mae"] == pytest.approx(1.0) and metrics["speed_rmse"] == pytest.approx(
+        1.0
+    )
     assert metrics["fde_m"] == pytest.approx(1.0)  # 1 m/s for 1 s
     assert metrics["ade_m"] == pytest.approx(np.mean(np.arange(1, 31) / 30))
     assert metrics["curvature_mae"] == 0.0
@@ -69,9 +71,14 @@ def test_baselines_from_the_observed_second():
 
 
 def _sample(i: int, speed: float) -> dict:
-    return {"id": f"s{i}", "video": "v.mp4", "future_speed": [speed] * 30,
-            "future_curvature": [0.0] * 30, "observed_speed": [speed] * 30,
-            "observed_curvature": [0.0] * 30}
+    return {
+        "id": f"s{i}",
+        "video": "v.mp4",
+        "future_speed": [speed] * 30,
+        "future_curvature": [0.0] * 30,
+        "observed_speed": [speed] * 30,
+        "observed_curvature": [0.0] * 30,
+    }
 
 
 def test_parse_failures_are_counted_and_excluded_not_defaulted():
@@ -82,10 +89,18 @@ def test_parse_failures_are_counted_and_excluded_not_defaulted():
         prediction_record(_sample(2, 3.0), "I think about " + good),
         prediction_record(_sample(3, 20.0), ""),
     ]
-    assert [r["parse_error"] for r in records] == [None, "29 pairs, expected 30",
-                                                   "text around the list", "empty answer"]
+    assert [r["parse_error"] for r in records] == [
+        None,
+        "29 pairs, expected 30",
+        "text around the list",
+        "empty answer",
+    ]
     metrics = score(records, None)
-    assert metrics["parse"] == {"total": 4, "parsed": 1, "rate": 0.25, "failures": {
-        "29 pairs, expected 30": 1, "text around the list": 1, "empty answer": 1}}
+    assert metrics["parse"] == {
+        "total": 4,
+        "parsed": 1,
+        "rate": 0.25,
+        "failures": {"29 pairs, expected 30": 1, "text around the list": 1, "empty answer": 1},
+    }
     assert metrics["model"]["all"]["n"] == 1 and metrics["model"]["all"]["ade_m"] == 0.0
     assert metrics["baselines"]["hold_last"]["all"]["n"] == 4

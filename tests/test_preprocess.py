@@ -29,7 +29,11 @@ def test_labels_decode_to_exactly_the_answer_and_im_end(dataset):
     assert text == dataset.samples[0]["conversations"][1]["value"] + "<|im_end|>"
     # The labelled tokens are one contiguous block at the end, before the final newline.
     positions = (item["labels"] != IGNORE_INDEX).nonzero().flatten()
-    assert positions[-1] - positions[0] + 1 == len(labelled) == len(item["input_ids"]) - 1 - positions[0]
+    assert (
+        positions[-1] - positions[0] + 1
+        == len(labelled)
+        == len(item["input_ids"]) - 1 - positions[0]
+    )
 
 
 def test_visual_tokens_match_the_hand_computation(dataset):
@@ -71,8 +75,10 @@ def test_too_long_samples_are_skipped_and_counted(tiny_model_dir, training_dir, 
 
 def test_collator_pads_right_for_training_and_left_for_generation(dataset):
     items = [dataset[0], dataset[1]]
-    items[1] = {k: (v[:-5] if k in ("input_ids", "attention_mask", "labels", "mm_token_type_ids") else v)
-                for k, v in items[1].items()}
+    items[1] = {
+        k: (v[:-5] if k in ("input_ids", "attention_mask", "labels", "mm_token_type_ids") else v)
+        for k, v in items[1].items()
+    }
     pad = dataset.processor.tokenizer.pad_token_id
     batch = VideoCollator(pad)(items)
     assert batch["input_ids"][1, -5:].tolist() == [pad] * 5
@@ -110,7 +116,9 @@ def test_full_fine_tuning_trains_exactly_the_flagged_parts(tiny_model_dir, flags
 
 
 @pytest.mark.parametrize("flags, parts", FLAG_CASES)
-def test_lora_trains_adapters_on_flagged_parts_and_the_projector_in_full(tiny_model_dir, flags, parts):
+def test_lora_trains_adapters_on_flagged_parts_and_the_projector_in_full(
+    tiny_model_dir, flags, parts
+):
     model = apply_lora(load_model(str(tiny_model_dir)), flags, LoraSettings(r=4, alpha=8))
     assert _trainable_parts(model) == parts
     for name, param in model.named_parameters():
@@ -134,5 +142,7 @@ def test_optimizer_groups_carry_per_module_learning_rates(tiny_model_dir):
     grouped = sum(len(g["params"]) for g in groups)
     assert grouped == sum(1 for p in model.parameters() if p.requires_grad)
     ids = {id(p) for n, p in model.named_parameters() if "visual.merger" in n}
-    assert ids <= {id(p) for p in by_name["mlp"]["params"]} | {id(p) for p in by_name["mlp_no_decay"]["params"]}
+    assert ids <= {id(p) for p in by_name["mlp"]["params"]} | {
+        id(p) for p in by_name["mlp_no_decay"]["params"]
+    }
     assert torch.optim.AdamW(groups).param_groups[0]["lr"] in (1e-5, 1e-4, 2e-6)

@@ -51,14 +51,16 @@ def test_labels_are_egomotion_interpolated_at_the_next_second_frames():
     t = clip.frame_timestamps
     for seg in segments:
         label_t = t[seg.frames[0] + 30 : seg.frames[0] + 60]
-        np.testing.assert_allclose(seg.future[:, 0], np.interp(label_t, ego["timestamp"], speed),
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            seg.future[:, 0], np.interp(label_t, ego["timestamp"], speed), atol=1e-9
+        )
         np.testing.assert_allclose(
             seg.future[:, 1], np.interp(label_t, ego["timestamp"], ego["curvature"]), atol=1e-12
         )
         observed_t = t[seg.frames]
-        np.testing.assert_allclose(seg.observed[:, 0], np.interp(observed_t, ego["timestamp"], speed),
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            seg.observed[:, 0], np.interp(observed_t, ego["timestamp"], speed), atol=1e-9
+        )
 
 
 def test_jittered_timestamps_pick_the_frame_nearest_each_second():
@@ -80,7 +82,9 @@ def test_segments_use_the_30_frames_after_the_window():
     for seg in segments:
         start = int(np.argmin(np.abs(clip.frame_timestamps - seg.index * 1_000_000)))
         assert seg.frames.tolist() == list(range(start, start + 30))
-        np.testing.assert_array_equal(seg.frame_timestamps_us, clip.frame_timestamps[start:start + 30])
+        np.testing.assert_array_equal(
+            seg.frame_timestamps_us, clip.frame_timestamps[start : start + 30]
+        )
 
 
 def test_bad_timestamps_raise_clip_errors():

@@ -27,8 +27,15 @@ def test_loads_offline_with_expected_shape(tiny_model_dir):
     assert 0.5e6 < model.num_parameters() < 2e6
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     tok = processor.tokenizer
-    specials = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>",
-                "<|vision_end|>", "<|video_pad|>", "<|image_pad|>")
+    specials = (
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|video_pad|>",
+        "<|image_pad|>",
+    )
     ids = [tok.convert_tokens_to_ids(s) for s in specials]
     assert None not in ids and len(set(ids)) == len(specials)
     for special in specials:
@@ -41,15 +48,19 @@ def test_loads_offline_with_expected_shape(tiny_model_dir):
 
 def test_chat_template_renders_like_qwen3_vl(tiny_model_dir):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    messages = [{"role": "system", "content": "Be brief."}, *build_messages("Hi?", "[(1.0, 0.000)]")]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        *build_messages("Hi?", "[(1.0, 0.000)]"),
+    ]
     text = processor.apply_chat_template(messages, tokenize=False)
     assert text == (
         "<|im_start|>system\nBe brief.<|im_end|>\n"
         "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Hi?<|im_end|>\n"
         "<|im_start|>assistant\n[(1.0, 0.000)]<|im_end|>\n"
     )
-    prompt = processor.apply_chat_template(build_messages("Hi?"), add_generation_prompt=True,
-                                           tokenize=False)
+    prompt = processor.apply_chat_template(
+        build_messages("Hi?"), add_generation_prompt=True, tokenize=False
+    )
     assert prompt.endswith("<|im_start|>assistant\n")
     image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]
     assert "<|vision_start|><|image_pad|><|vision_end|>x" in processor.apply_chat_template(
@@ -59,12 +70,24 @@ def test_chat_template_renders_like_qwen3_vl(tiny_model_dir):
 
 def test_30_frames_at_fps_30_give_15_timestamped_groups(tiny_model_dir):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    text = processor.apply_chat_template(build_messages(PROMPT), add_generation_prompt=True,
-                                         tokenize=False)
-    metadata = VideoMetadata(total_num_frames=30, fps=30.0, width=160, height=96, duration=1.0,
-                             frames_indices=list(range(30)))
-    inputs = processor(text=[text], videos=[_clip()], video_metadata=[metadata],
-                       return_tensors="pt", do_sample_frames=False)
+    text = processor.apply_chat_template(
+        build_messages(PROMPT), add_generation_prompt=True, tokenize=False
+    )
+    metadata = VideoMetadata(
+        total_num_frames=30,
+        fps=30.0,
+        width=160,
+        height=96,
+        duration=1.0,
+        frames_indices=list(range(30)),
+    )
+    inputs = processor(
+        text=[text],
+        videos=[_clip()],
+        video_metadata=[metadata],
+        return_tensors="pt",
+        do_sample_frames=False,
+    )
     t, h, w = inputs["video_grid_thw"][0].tolist()
     assert t == 15
     per_group = h * w // 4
@@ -95,10 +118,21 @@ def test_one_training_step_reaches_vision_and_llm(tiny_model_dir):
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir)
     answer = format_pairs([(10.0, 0.01)] * 30)
     text = processor.apply_chat_template(build_messages(PROMPT, answer), tokenize=False)
-    metadata = VideoMetadata(total_num_frames=30, fps=30.0, width=160, height=96, duration=1.0,
-                             frames_indices=list(range(30)))
-    inputs = processor(text=[text], videos=[_clip()], video_metadata=[metadata],
-                       return_tensors="pt", do_sample_frames=False)
+    metadata = VideoMetadata(
+        total_num_frames=30,
+        fps=30.0,
+        width=160,
+        height=96,
+        duration=1.0,
+        frames_indices=list(range(30)),
+    )
+    inputs = processor(
+        text=[text],
+        videos=[_clip()],
+        video_metadata=[metadata],
+        return_tensors="pt",
+        do_sample_frames=False,
+    )
     out = model(**inputs, labels=inputs["input_ids"])
     assert torch.isfinite(out.loss)
     out.loss.backward()

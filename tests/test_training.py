@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, free_port, run_script
 from safetensors.torch import load_file
 
-from conftest import ROOT, free_port, run_script
 from qwenvl.train.trainer import find_resume_checkpoint
 
 SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
@@ -30,15 +30,25 @@ def four_samples(training_dir, tmp_path_factory) -> Path:
 
 
 def _env(model, data, out, **extra) -> dict:
-    return {"MODEL_PATH": str(model), "DATASETS": str(data), "OUTPUT_DIR": str(out),
-            "DATALOADER_WORKERS": "0", "LOGGING_STEPS": "1", "GRAD_ACCUM": "1",
-            "MASTER_PORT": str(free_port()), **SMALL_VIDEO,
-            **{k: str(v) for k, v in extra.items()}}
+    return {
+        "MODEL_PATH": str(model),
+        "DATASETS": str(data),
+        "OUTPUT_DIR": str(out),
+        "DATALOADER_WORKERS": "0",
+        "LOGGING_STEPS": "1",
+        "GRAD_ACCUM": "1",
+        "MASTER_PORT": str(free_port()),
+        **SMALL_VIDEO,
+        **{k: str(v) for k, v in extra.items()},
+    }
 
 
 def _losses(output_dir: Path) -> list[float]:
-    state = json.loads((output_dir / "trainer_state.json").read_text()) if (
-        output_dir / "trainer_state.json").exists() else None
+    state = (
+        json.loads((output_dir / "trainer_state.json").read_text())
+        if (output_dir / "trainer_state.json").exists()
+        else None
+    )
     if state is None:
         newest = find_resume_checkpoint(output_dir)
         state = json.loads((newest / "trainer_state.json").read_text())
@@ -47,8 +57,12 @@ def _losses(output_dir: Path) -> list[float]:
 
 def test_lora_launcher_overfits_four_samples(tiny_model_dir, four_samples, tmp_path):
     out = tmp_path / "lora"
-    result = run_script("./train_physical_ai_lora.sh", env=_env(
-        tiny_model_dir, four_samples, out, MAX_STEPS=30, BATCH_SIZE=4, LR="1e-2", SAVE_STEPS=30))
+    result = run_script(
+        "./train_physical_ai_lora.sh",
+        env=_env(
+            tiny_model_dir, four_samples, out, MAX_STEPS=30, BATCH_SIZE=4, LR="1e-2", SAVE_STEPS=30
+        ),
+    )
     assert "== resolved settings ==" in result.stdout and "LORA_R             64" in result.stdout
     assert "attention sdpa" in result.stderr + result.stdout
     losses = _losses(out / "checkpoint-30")
@@ -71,11 +85,23 @@ def _load_full(path: Path):
 
 
 @pytest.mark.parametrize("config", ["zero3.json", "zero3_offload.json"])
-def test_full_launcher_runs_deepspeed_zero3_on_two_cpu_ranks(tiny_model_dir, four_samples, tmp_path, config):
+def test_full_launcher_runs_deepspeed_zero3_on_two_cpu_ranks(
+    tiny_model_dir, four_samples, tmp_path, config
+):
     out = tmp_path / "full"
-    result = run_script("./train_physical_ai.sh", env=_env(
-        tiny_model_dir, four_samples, out, NPROC_PER_NODE=2, MAX_STEPS=2, BATCH_SIZE=1,
-        SAVE_STEPS=2, DEEPSPEED_CONFIG=config))
+    result = run_script(
+        "./train_physical_ai.sh",
+        env=_env(
+            tiny_model_dir,
+            four_samples,
+            out,
+            NPROC_PER_NODE=2,
+            MAX_STEPS=2,
+            BATCH_SIZE=1,
+            SAVE_STEPS=2,
+            DEEPSPEED_CONFIG=config,
+        ),
+    )
     assert f"DEEPSPEED_CONFIG   {config}" in result.stdout
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
@@ -94,19 +120,41 @@ def test_two_nodes_on_one_machine_train_as_one_job(tiny_model_dir, four_samples,
     port = free_port()
     procs, logs = [], [tmp_path / "node0.log", tmp_path / "node1.log"]
     for rank in (0, 1):
-        env = {**os.environ, **_env(
-            tiny_model_dir, four_samples, out, NNODES=2, NODE_RANK=rank, NPROC_PER_NODE=1,
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=port, MAX_STEPS=2, BATCH_SIZE=1, SAVE_STEPS=2)}
+        env = {
+            **os.environ,
+            **_env(
+                tiny_model_dir,
+                four_samples,
+                out,
+                NNODES=2,
+                NODE_RANK=rank,
+                NPROC_PER_NODE=1,
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+                MAX_STEPS=2,
+                BATCH_SIZE=1,
+                SAVE_STEPS=2,
+            ),
+        }
         with open(logs[rank], "w") as log:
-            procs.append(subprocess.Popen(["./train_physical_ai.sh"], cwd=ROOT, env=env,
-                                          stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    ["./train_physical_ai.sh"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         time.sleep(1.0)  # the master node listens first
     codes = [p.wait(timeout=600) for p in procs]
     assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     # One job of world size 2: each of the 2 steps consumed one sample per node.
-    assert state["train_batch_size"] == 1 and state["log_history"][-1]["epoch"] == pytest.approx(1.0)
+    assert state["train_batch_size"] == 1 and state["log_history"][-1]["epoch"] == pytest.approx(
+        1.0
+    )
     _load_full(out)
 
 
@@ -117,22 +165,34 @@ def _adapter(out: Path) -> dict[str, torch.Tensor]:
 def test_sigkilled_lora_run_resumes_to_the_same_weights(tiny_model_dir, four_samples, tmp_path):
     settings = dict(MAX_STEPS=8, BATCH_SIZE=2, LR="5e-3", SAVE_STEPS=2, SAVE_TOTAL_LIMIT=5, SEED=11)
     reference = tmp_path / "reference"
-    run_script("./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, reference, **settings))
+    run_script(
+        "./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, reference, **settings)
+    )
 
     crashed = tmp_path / "crashed"
     env = {**os.environ, **_env(tiny_model_dir, four_samples, crashed, **settings)}
-    proc = subprocess.Popen(["./train_physical_ai_lora.sh"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["./train_physical_ai_lora.sh"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 600
     while not (crashed / "checkpoint-4" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "run ended before its 2nd checkpoint"
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "run ended before its 2nd checkpoint"
+        )
         time.sleep(0.05)
     time.sleep(0.3)  # let the checkpoint's last files land, as after a real crash
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (crashed / "adapter_model.safetensors").exists()  # killed before the end
 
-    result = run_script("./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, crashed, **settings))
+    result = run_script(
+        "./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, crashed, **settings)
+    )
     assert "resuming from" in result.stderr + result.stdout
     final_state = json.loads((crashed / "checkpoint-8" / "trainer_state.json").read_text())
     assert final_state["global_step"] == 8
@@ -147,7 +207,9 @@ def test_truncated_newest_checkpoint_is_skipped_and_resume_0_starts_fresh(
 ):
     settings = dict(MAX_STEPS=4, BATCH_SIZE=2, LR="5e-3", SAVE_STEPS=2, SEED=3)
     out = tmp_path / "run"
-    run_script("./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, out, **settings))
+    run_script(
+        "./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, out, **settings)
+    )
     assert find_resume_checkpoint(out) == out / "checkpoint-4"
     weights = out / "checkpoint-4" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -161,8 +223,12 @@ def test_truncated_newest_checkpoint_is_skipped_and_resume_0_starts_fresh(
     assert find_resume_checkpoint(out) is None
 
     fresh = tmp_path / "fresh"
-    run_script("./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, fresh, **settings))
-    result = run_script("./train_physical_ai_lora.sh", env=_env(
-        tiny_model_dir, four_samples, fresh, RESUME=0, **settings))
+    run_script(
+        "./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, fresh, **settings)
+    )
+    result = run_script(
+        "./train_physical_ai_lora.sh",
+        env=_env(tiny_model_dir, four_samples, fresh, RESUME=0, **settings),
+    )
     assert "resuming from" not in result.stderr + result.stdout
     assert "AUTO_RESUME" not in result.stdout and "RESUME             0" in result.stdout

@@ -27,9 +27,7 @@ logger = logging.getLogger(__name__)
 
 def build_messages(prompt: str, answer: str | None = None) -> list[dict]:
     """The chat for one clip: user = video then prompt; assistant = answer when training."""
-    messages = [
-        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}
-    ]
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages
@@ -60,9 +58,7 @@ def answer_mask(input_ids: torch.Tensor, header_ids: list[int], im_end_id: int) 
     """True on the assistant answer and its closing <|im_end|>, False everywhere else."""
     ids = input_ids.tolist()
     n = len(header_ids)
-    start = next(
-        (i + n for i in range(len(ids) - n, -1, -1) if ids[i : i + n] == header_ids), None
-    )
+    start = next((i + n for i in range(len(ids) - n, -1, -1) if ids[i : i + n] == header_ids), None)
     if start is None:
         raise ValueError("no assistant turn in the sample")
     end = ids.index(im_end_id, start)
@@ -114,7 +110,9 @@ class SupervisedDataset(Dataset):
             logger.warning(
                 "%d of %d samples are longer than model_max_length=%d and are skipped; raise "
                 "--model_max_length or lower VIDEO_MAX_PIXELS / VIDEO_MAX_FRAMES",
-                self.skipped, len(samples), max_length,
+                self.skipped,
+                len(samples),
+                max_length,
             )
 
     def chat_text(self, sample: dict) -> str:

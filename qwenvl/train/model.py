@@ -46,7 +46,9 @@ class TuneFlags:
 
     def __post_init__(self) -> None:
         if not (self.vision or self.mlp or self.llm):
-            raise ValueError("nothing to train: set one of --tune_mm_vision/--tune_mm_mlp/--tune_mm_llm")
+            raise ValueError(
+                "nothing to train: set one of --tune_mm_vision/--tune_mm_mlp/--tune_mm_llm"
+            )
 
 
 def component(name: str) -> str:

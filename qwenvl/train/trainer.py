@@ -18,7 +18,10 @@ _NO_DECAY = ("bias", "norm", "ln_", "layernorm")
 
 
 def parameter_groups(
-    model: torch.nn.Module, lr: float, weight_decay: float, projector_lr: float | None,
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    projector_lr: float | None,
     vision_lr: float | None,
 ) -> list[dict]:
     """Optimizer groups split by component (llm / mlp projector / vision) and weight decay."""
@@ -46,8 +49,9 @@ class QwenVLTrainer(Trainer):
     groups hold there too.
     """
 
-    def __init__(self, *args, projector_lr: float | None = None, vision_lr: float | None = None,
-                 **kwargs) -> None:
+    def __init__(
+        self, *args, projector_lr: float | None = None, vision_lr: float | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.projector_lr = projector_lr
         self.vision_lr = vision_lr
@@ -55,8 +59,11 @@ class QwenVLTrainer(Trainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             groups = parameter_groups(
-                model or self.model, self.args.learning_rate, self.args.weight_decay,
-                self.projector_lr, self.vision_lr,
+                model or self.model,
+                self.args.learning_rate,
+                self.args.weight_decay,
+                self.projector_lr,
+                self.vision_lr,
             )
             optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
             optimizer_kwargs.pop("lr", None)

@@ -1,0 +1,289 @@
+#!/usr/bin/env python
+"""Measure the pipeline's speed against the naive way of doing the same work, on the same inputs.
+
+prep: seconds per 20 s source clip, ours (decode once) against reopen-and-seek per segment with
+OpenCV mp4v at full resolution, and the pure decode time as the floor. loader: training samples
+per second per DataLoader worker against qwen-vl-utils + processor in the main process. train:
+tokens/s and s/step of the tiny model (on CUDA: a Qwen3-VL-4B-shaped model with random weights,
+LoRA and full). generate: evaluation tokens/s, batched against one sample at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qwenvl.cli import main_guard
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["prep", "loader", "train", "generate", "all"], help="which benchmark")
+    parser.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
+    parser.add_argument("--work-dir", help="where inputs are built (default: a temporary folder)")
+    parser.add_argument("--model-path", help="model for train/generate (default: the tiny model, built here)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (default: %(default)s)")
+    parser.add_argument("--resolutions", default="640x360,1920x1080", help="prep source sizes (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def best_time(fn, repeats: int) -> float:
+    """Fastest wall time of `repeats` calls: the least disturbed by other work on the machine."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# ---------------------------------------------------------------- prep
+
+
+def decode_floor(video: bytes) -> None:
+    """Decode every frame once and touch nothing else: the least segmenting can cost."""
+    import av
+
+    with av.open(io.BytesIO(video)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for _ in container.decode(stream):
+            pass
+
+
+def per_segment_reference(source: Path, starts: list[int], out_dir: Path) -> None:
+    """The common public way: reopen and seek the source for every segment, write full-size mp4v."""
+    import cv2
+
+    for index, start in enumerate(starts):
+        capture = cv2.VideoCapture(str(source))
+        capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        writer = cv2.VideoWriter(str(out_dir / f"seg{index:02d}.mp4"),
+                                 cv2.VideoWriter_fourcc(*"mp4v"), 30, (width, height))
+        for _ in range(30):
+            ok, frame = capture.read()
+            if not ok:
+                break
+            writer.write(frame)
+        writer.release()
+        capture.release()
+
+
+def bench_prep(work: Path, repeats: int, resolutions: str) -> dict:
+    from qwenvl.prep import process_clip
+    from qwenvl.rawdata import RawDataset
+    from qwenvl.segments import segment_starts
+    from qwenvl.synthetic import write_synthetic_dataset
+
+    results = {}
+    for size in resolutions.split(","):
+        width, height = (int(v) for v in size.split("x"))
+        root = work / f"raw_{size}"
+        if not root.exists():
+            write_synthetic_dataset(root, 1, clip_seconds=20, width=width, height=height, seed=0)
+        dataset = RawDataset(root)
+        clip_id, chunk = dataset.clip_index.iloc[0]
+        video = dataset.video_bytes(clip_id, chunk)
+        source = work / f"source_{size}.mp4"
+        source.write_bytes(video)
+        starts = segment_starts(dataset.frame_timestamps(clip_id, chunk).to_numpy())
+
+        def ours(dataset=dataset, clip_id=clip_id, chunk=chunk, size=size):
+            with tempfile.TemporaryDirectory(dir=work) as out:
+                process_clip(dataset, clip_id, chunk, Path(out), max_width=640)
+
+        def reference(source=source, starts=starts):
+            with tempfile.TemporaryDirectory(dir=work) as out:
+                per_segment_reference(source, starts, Path(out))
+
+        row = {
+            "ours_s_per_clip": best_time(ours, repeats),
+            "decode_floor_s_per_clip": best_time(lambda v=video: decode_floor(v), repeats),
+            "per_segment_reference_s_per_clip": best_time(reference, max(1, repeats - 1)),
+        }
+        row["ours_over_floor"] = row["ours_s_per_clip"] / row["decode_floor_s_per_clip"]
+        row["speedup_vs_reference"] = row["per_segment_reference_s_per_clip"] / row["ours_s_per_clip"]
+        results[size] = row
+    return results
+
+
+# ---------------------------------------------------------------- loader, train, generate
+
+
+def build_inputs(work: Path, model_path: str | None) -> tuple[str, Path]:
+    """A tiny model (unless given) and training JSON from 2 synthetic 640x360 clips."""
+    import subprocess
+
+    scripts = Path(__file__).resolve().parent
+    if model_path is None:
+        model_path = str(work / "tiny_model")
+        if not Path(model_path).exists():
+            subprocess.run([sys.executable, scripts / "make_tiny_model.py", "--output-dir", model_path],
+                           check=True, capture_output=True)
+    training = work / "training"
+    if not training.exists():
+        steps = [
+            ["make_synthetic_data.py", "--output-dir", work / "raw_loader", "--num-clips", "2",
+             "--clip-seconds", "8", "--seed", "1", "--no-progress"],
+            ["prepare_video_segments.py", "--data-dir", work / "raw_loader", "--output-dir", work / "seg"],
+            ["prepare_huggingface_dataset.py", "--segments-dir", work / "seg", "--output-dir",
+             work / "hf", "--val-fraction", "0", "--test-fraction", "0"],
+            ["convert_to_training_format.py", "--input-dir", work / "hf", "--output-dir", training],
+        ]
+        for script, *args in steps:
+            subprocess.run([sys.executable, scripts / script, *map(str, args)], check=True, capture_output=True)
+    return model_path, training / "train.json"
+
+
+def bench_loader(model_path: str, train_json: Path, repeats: int) -> dict:
+    import torch
+    from qwen_vl_utils import process_vision_info
+    from transformers import AutoProcessor
+
+    from qwenvl.data import load_samples
+    from qwenvl.data.preprocess import SupervisedDataset, VideoCollator, build_messages
+    from qwenvl.video import VideoSettings
+
+    processor = AutoProcessor.from_pretrained(model_path)
+    settings = VideoSettings()
+    samples = load_samples([str(train_json)])[:16]
+    dataset = SupervisedDataset(samples, processor, settings, max_length=32768)
+    collate = VideoCollator(processor.tokenizer.pad_token_id)
+    result = {"samples": len(samples), "video_settings": settings.__dict__}
+    for workers in (0, 1, 2):
+        def run(workers=workers):
+            loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers,
+                                                 collate_fn=collate)
+            for _ in loader:
+                pass
+
+        result[f"ours_samples_per_s_workers_{workers}"] = len(samples) / best_time(run, repeats)
+
+    def reference():
+        for sample in samples:
+            messages = build_messages(sample["conversations"][0]["value"].replace("<video>\n", ""),
+                                      sample["conversations"][1]["value"])
+            messages[0]["content"][0] = {"type": "video", "video": sample["video"], "fps": 30,
+                                         "min_pixels": settings.min_pixels,
+                                         "max_pixels": settings.max_pixels}
+            text = processor.apply_chat_template(messages, tokenize=False)
+            _, videos, kwargs = process_vision_info(messages, return_video_kwargs=True,
+                                                    return_video_metadata=True, image_patch_size=16)
+            videos, metadata = zip(*videos, strict=True)
+            processor(text=[text], videos=list(videos), video_metadata=list(metadata),
+                      return_tensors="pt", do_resize=False, **kwargs)
+
+    result["reference_samples_per_s_main_process"] = len(samples) / best_time(reference, repeats)
+    result["ours_1_worker_over_reference"] = (
+        result["ours_samples_per_s_workers_1"] / result["reference_samples_per_s_main_process"]
+    )
+    return result
+
+
+def bench_train(model_path: str, train_json: Path, repeats: int, steps: int = 4) -> dict:
+    import torch
+    from transformers import AutoProcessor
+
+    from qwenvl.data import load_samples
+    from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
+    from qwenvl.train.model import LoraSettings, TuneFlags, apply_lora, load_model
+    from qwenvl.video import VideoSettings
+
+    processor = AutoProcessor.from_pretrained(model_path)
+    dataset = SupervisedDataset(load_samples([str(train_json)])[:8], processor, VideoSettings(), 32768)
+    batch = VideoCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(2)])
+    results = {"device": "cuda" if torch.cuda.is_available() else "cpu",
+               "tokens_per_step": int(batch["attention_mask"].sum())}
+    for mode in ("lora", "full"):
+        model = load_model(model_path)
+        if mode == "lora":
+            model = apply_lora(model, TuneFlags(False, True, True), LoraSettings())
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model.train()
+        device_batch = {k: v.to(model.device) for k, v in batch.items()}
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+        def step(model=model, optimizer=optimizer, device_batch=device_batch):
+            for _ in range(steps):
+                model(**device_batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        step()  # warm-up
+        seconds = best_time(step, repeats) / steps
+        results[mode] = {"s_per_step": seconds, "tokens_per_s": results["tokens_per_step"] / seconds}
+    return results
+
+
+def bench_generate(model_path: str, train_json: Path, repeats: int, batch: int = 8, new: int = 64) -> dict:
+    import torch
+
+    from qwenvl.data import load_samples
+    from qwenvl.inference import generate_answers, load_for_inference
+    from qwenvl.video import decode_video
+
+    loaded = load_for_inference(model_path)
+    # Every sample generates exactly `new` tokens, so both ways do the same work.
+    loaded.model.generation_config.min_new_tokens = new
+    clips = [decode_video(s["video"]) for s in load_samples([str(train_json)])[:batch]]
+    with torch.inference_mode():
+        generate_answers(loaded, clips[:1], max_new_tokens=4)
+        batched = best_time(lambda: generate_answers(loaded, clips, max_new_tokens=new), repeats)
+        single = best_time(lambda: [generate_answers(loaded, [c], max_new_tokens=new) for c in clips],
+                           repeats)
+    tokens = batch * new
+    return {"batch_size": batch, "new_tokens_per_sample": new,
+            "batched_tokens_per_s": tokens / batched, "one_at_a_time_tokens_per_s": tokens / single,
+            "speedup": single / batched}
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work_ctx = tempfile.TemporaryDirectory() if args.work_dir is None else None
+    work = Path(args.work_dir or work_ctx.name)
+    work.mkdir(parents=True, exist_ok=True)
+    wanted = ["prep", "loader", "train", "generate"] if args.what == "all" else [args.what]
+    results = {"machine": machine()}
+    if "prep" in wanted:
+        results["prep"] = bench_prep(work, args.repeats, args.resolutions)
+    if set(wanted) & {"loader", "train", "generate"}:
+        model_path, train_json = build_inputs(work, args.model_path)
+        for name, fn in (("loader", bench_loader), ("train", bench_train), ("generate", bench_generate)):
+            if name in wanted:
+                results[name] = fn(model_path, train_json, args.repeats)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(text + "\n")
+    if work_ctx is not None:
+        work_ctx.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
