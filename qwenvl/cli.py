@@ -32,6 +32,15 @@ def main_guard(main: Callable[..., int | None]) -> Callable[..., int]:
     return run
 
 
+def cli_main(
+    parse_args: Callable[[list[str] | None], object],
+    run: Callable[[object], int | None],
+    argv: list[str] | None = None,
+) -> int:
+    """A script's main: parse its arguments, run it, and report user errors in one line."""
+    return main_guard(lambda: run(parse_args(argv)))()
+
+
 def check_output_dir(path: str | Path, overwrite: bool) -> Path:
     """The output path, or UserError when it already holds something and overwrite is off."""
     path = Path(path)

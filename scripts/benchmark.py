@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from qwenvl.cli import main_guard
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,12 +28,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["prep", "loader", "train", "generate", "all"], help="which benchmark")
+    parser.add_argument(
+        "what", choices=["prep", "loader", "train", "generate", "all"], help="which benchmark"
+    )
     parser.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
     parser.add_argument("--work-dir", help="where inputs are built (default: a temporary folder)")
-    parser.add_argument("--model-path", help="model for train/generate (default: the tiny model, built here)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (default: %(default)s)")
-    parser.add_argument("--resolutions", default="640x360,1920x1080", help="prep source sizes (default: %(default)s)")
+    parser.add_argument(
+        "--model-path", help="model for train/generate (default: the tiny model, built here)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats, best kept (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--resolutions",
+        default="640x360,1920x1080",
+        help="prep source sizes (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -72,8 +80,12 @@ def per_segment_reference(source: Path, starts: list[int], out_dir: Path) -> Non
         capture.set(cv2.CAP_PROP_POS_FRAMES, start)
         width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        writer = cv2.VideoWriter(str(out_dir / f"seg{index:02d}.mp4"),
-                                 cv2.VideoWriter_fourcc(*"mp4v"), 30, (width, height))
+        writer = cv2.VideoWriter(
+            str(out_dir / f"seg{index:02d}.mp4"),
+            cv2.VideoWriter_fourcc(*"mp4v"),
+            30,
+            (width, height),
+        )
         for _ in range(30):
             ok, frame = capture.read()
             if not ok:
@@ -116,7 +128,9 @@ def bench_prep(work: Path, repeats: int, resolutions: str) -> dict:
             "per_segment_reference_s_per_clip": best_time(reference, max(1, repeats - 1)),
         }
         row["ours_over_floor"] = row["ours_s_per_clip"] / row["decode_floor_s_per_clip"]
-        row["speedup_vs_reference"] = row["per_segment_reference_s_per_clip"] / row["ours_s_per_clip"]
+        row["speedup_vs_reference"] = (
+            row["per_segment_reference_s_per_clip"] / row["ours_s_per_clip"]
+        )
         results[size] = row
     return results
 
@@ -132,20 +146,50 @@ def build_inputs(work: Path, model_path: str | None) -> tuple[str, Path]:
     if model_path is None:
         model_path = str(work / "tiny_model")
         if not Path(model_path).exists():
-            subprocess.run([sys.executable, scripts / "make_tiny_model.py", "--output-dir", model_path],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, scripts / "make_tiny_model.py", "--output-dir", model_path],
+                check=True,
+                capture_output=True,
+            )
     training = work / "training"
     if not training.exists():
         steps = [
-            ["make_synthetic_data.py", "--output-dir", work / "raw_loader", "--num-clips", "2",
-             "--clip-seconds", "8", "--seed", "1", "--no-progress"],
-            ["prepare_video_segments.py", "--data-dir", work / "raw_loader", "--output-dir", work / "seg"],
-            ["prepare_huggingface_dataset.py", "--segments-dir", work / "seg", "--output-dir",
-             work / "hf", "--val-fraction", "0", "--test-fraction", "0"],
+            [
+                "make_synthetic_data.py",
+                "--output-dir",
+                work / "raw_loader",
+                "--num-clips",
+                "2",
+                "--clip-seconds",
+                "8",
+                "--seed",
+                "1",
+                "--no-progress",
+            ],
+            [
+                "prepare_video_segments.py",
+                "--data-dir",
+                work / "raw_loader",
+                "--output-dir",
+                work / "seg",
+            ],
+            [
+                "prepare_huggingface_dataset.py",
+                "--segments-dir",
+                work / "seg",
+                "--output-dir",
+                work / "hf",
+                "--val-fraction",
+                "0",
+                "--test-fraction",
+                "0",
+            ],
             ["convert_to_training_format.py", "--input-dir", work / "hf", "--output-dir", training],
         ]
         for script, *args in steps:
-            subprocess.run([sys.executable, scripts / script, *map(str, args)], check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, scripts / script, *map(str, args)], check=True, capture_output=True
+            )
     return model_path, training / "train.json"
 
 
@@ -165,9 +209,11 @@ def bench_loader(model_path: str, train_json: Path, repeats: int) -> dict:
     collate = VideoCollator(processor.tokenizer.pad_token_id)
     result = {"samples": len(samples), "video_settings": settings.__dict__}
     for workers in (0, 1, 2):
+
         def run(workers=workers):
-            loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers,
-                                                 collate_fn=collate)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=2, num_workers=workers, collate_fn=collate
+            )
             for _ in loader:
                 pass
 
@@ -175,17 +221,30 @@ def bench_loader(model_path: str, train_json: Path, repeats: int) -> dict:
 
     def reference():
         for sample in samples:
-            messages = build_messages(sample["conversations"][0]["value"].replace("<video>\n", ""),
-                                      sample["conversations"][1]["value"])
-            messages[0]["content"][0] = {"type": "video", "video": sample["video"], "fps": 30,
-                                         "min_pixels": settings.min_pixels,
-                                         "max_pixels": settings.max_pixels}
+            messages = build_messages(
+                sample["conversations"][0]["value"].replace("<video>\n", ""),
+                sample["conversations"][1]["value"],
+            )
+            messages[0]["content"][0] = {
+                "type": "video",
+                "video": sample["video"],
+                "fps": 30,
+                "min_pixels": settings.min_pixels,
+                "max_pixels": settings.max_pixels,
+            }
             text = processor.apply_chat_template(messages, tokenize=False)
-            _, videos, kwargs = process_vision_info(messages, return_video_kwargs=True,
-                                                    return_video_metadata=True, image_patch_size=16)
+            _, videos, kwargs = process_vision_info(
+                messages, return_video_kwargs=True, return_video_metadata=True, image_patch_size=16
+            )
             videos, metadata = zip(*videos, strict=True)
-            processor(text=[text], videos=list(videos), video_metadata=list(metadata),
-                      return_tensors="pt", do_resize=False, **kwargs)
+            processor(
+                text=[text],
+                videos=list(videos),
+                video_metadata=list(metadata),
+                return_tensors="pt",
+                do_resize=False,
+                **kwargs,
+            )
 
     result["reference_samples_per_s_main_process"] = len(samples) / best_time(reference, repeats)
     result["ours_1_worker_over_reference"] = (
@@ -204,10 +263,14 @@ def bench_train(model_path: str, train_json: Path, repeats: int, steps: int = 4)
     from qwenvl.video import VideoSettings
 
     processor = AutoProcessor.from_pretrained(model_path)
-    dataset = SupervisedDataset(load_samples([str(train_json)])[:8], processor, VideoSettings(), 32768)
+    dataset = SupervisedDataset(
+        load_samples([str(train_json)])[:8], processor, VideoSettings(), 32768
+    )
     batch = VideoCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(2)])
-    results = {"device": "cuda" if torch.cuda.is_available() else "cpu",
-               "tokens_per_step": int(batch["attention_mask"].sum())}
+    results = {
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "tokens_per_step": int(batch["attention_mask"].sum()),
+    }
     for mode in ("lora", "full"):
         model = load_model(model_path)
         if mode == "lora":
@@ -226,11 +289,16 @@ def bench_train(model_path: str, train_json: Path, repeats: int, steps: int = 4)
 
         step()  # warm-up
         seconds = best_time(step, repeats) / steps
-        results[mode] = {"s_per_step": seconds, "tokens_per_s": results["tokens_per_step"] / seconds}
+        results[mode] = {
+            "s_per_step": seconds,
+            "tokens_per_s": results["tokens_per_step"] / seconds,
+        }
     return results
 
 
-def bench_generate(model_path: str, train_json: Path, repeats: int, batch: int = 8, new: int = 64) -> dict:
+def bench_generate(
+    model_path: str, train_json: Path, repeats: int, batch: int = 8, new: int = 64
+) -> dict:
     import torch
 
     from qwenvl.data import load_samples
@@ -244,18 +312,27 @@ def bench_generate(model_path: str, train_json: Path, repeats: int, batch: int =
     with torch.inference_mode():
         generate_answers(loaded, clips[:1], max_new_tokens=4)
         batched = best_time(lambda: generate_answers(loaded, clips, max_new_tokens=new), repeats)
-        single = best_time(lambda: [generate_answers(loaded, [c], max_new_tokens=new) for c in clips],
-                           repeats)
+        single = best_time(
+            lambda: [generate_answers(loaded, [c], max_new_tokens=new) for c in clips], repeats
+        )
     tokens = batch * new
-    return {"batch_size": batch, "new_tokens_per_sample": new,
-            "batched_tokens_per_s": tokens / batched, "one_at_a_time_tokens_per_s": tokens / single,
-            "speedup": single / batched}
+    return {
+        "batch_size": batch,
+        "new_tokens_per_sample": new,
+        "batched_tokens_per_s": tokens / batched,
+        "one_at_a_time_tokens_per_s": tokens / single,
+        "speedup": single / batched,
+    }
 
 
 def machine() -> dict:
     import torch
 
-    info = {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
+    info = {
+        "cpu_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -273,7 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         results["prep"] = bench_prep(work, args.repeats, args.resolutions)
     if set(wanted) & {"loader", "train", "generate"}:
         model_path, train_json = build_inputs(work, args.model_path)
-        for name, fn in (("loader", bench_loader), ("train", bench_train), ("generate", bench_generate)):
+        for name, fn in (
+            ("loader", bench_loader),
+            ("train", bench_train),
+            ("generate", bench_generate),
+        ):
             if name in wanted:
                 results[name] = fn(model_path, train_json, args.repeats)
     text = json.dumps(results, indent=2)

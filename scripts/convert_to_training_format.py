@@ -16,7 +16,7 @@ from pathlib import Path
 from datasets import load_from_disk
 from tqdm import tqdm
 
-from qwenvl.cli import UserError, atomic_output_dir, main_guard
+from qwenvl.cli import UserError, atomic_output_dir, cli_main
 from qwenvl.data import SPLIT_FILES, training_sample
 
 
@@ -55,9 +55,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-@main_guard
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    return cli_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

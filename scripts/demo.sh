@@ -38,7 +38,7 @@ step "4/8 Hugging Face dataset split by clip, then the training JSON"
 step "5/8 LoRA fine-tuning through the real launcher"
 MODEL_PATH="$DEMO_DIR/tiny_model" DATASETS="$DEMO_DIR/qwen_video_dataset_training/train.json" \
   OUTPUT_DIR="$DEMO_DIR/checkpoints/lora" MAX_STEPS="$DEMO_MAX_STEPS" BATCH_SIZE=4 GRAD_ACCUM=1 \
-  LR=2e-3 SAVE_STEPS="$DEMO_MAX_STEPS" DATALOADER_WORKERS=2 LOGGING_STEPS=10 \
+  LR=5e-3 SAVE_STEPS="$DEMO_MAX_STEPS" DATALOADER_WORKERS=2 LOGGING_STEPS=10 \
   ./train_physical_ai_lora.sh
 
 step "6/8 evaluation of the base model (zero-shot) and the fine-tuned adapter against baselines"

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from qwenvl.cli import UserError, main_guard
+from qwenvl.cli import UserError, cli_main
 from qwenvl.rawdata import DEFAULT_CAMERA, HF_REPO_ID, camera_zip, chunk_name, egomotion_zip
 
 # Fail fast instead of hanging when the hub is unreachable.
@@ -87,9 +87,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-@main_guard
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    return cli_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

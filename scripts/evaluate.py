@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, main_guard
+from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, cli_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,9 +120,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-@main_guard
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    return cli_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pandas as pd
 from datasets import Dataset, DatasetDict
 from tqdm import tqdm
 
-from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, main_guard
+from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, cli_main
 from qwenvl.splits import SPLITS, build_split_rows
 
 
@@ -93,9 +93,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-@main_guard
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    return cli_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from qwenvl.cli import UserError, atomic_output_dir, atomic_write_text, check_output_dir, main_guard
+from qwenvl.cli import UserError, atomic_output_dir, atomic_write_text, check_output_dir, cli_main
 from qwenvl.prep import process_clip
 from qwenvl.rawdata import DEFAULT_CAMERA, RawDataset
 from qwenvl.segments import ClipError
@@ -108,9 +108,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-@main_guard
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    return cli_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,18 @@ class SaveVideoSettings(TrainerCallback):
             self.settings.save(checkpoint)
 
 
+class LogOptimizerGroups(TrainerCallback):
+    """Say which learning rate each parameter group really got, after DeepSpeed wrapped it."""
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None and state.is_world_process_zero:
+            groups = ", ".join(
+                f"{g.get('group_name', i)}={g.get('initial_lr', g['lr']):g}"
+                for i, g in enumerate(optimizer.param_groups)
+            )
+            logger.info("optimizer %s groups: %s", type(optimizer).__name__, groups)
+
+
 def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     if torch.cuda.is_available():
         if not any(a.startswith(("--bf16", "--fp16")) for a in argv):
@@ -210,7 +222,7 @@ def run(argv: list[str]) -> int:
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=VideoCollator(processor.tokenizer.pad_token_id),
-        callbacks=[SaveVideoSettings(processor, settings)],
+        callbacks=[SaveVideoSettings(processor, settings), LogOptimizerGroups()],
         projector_lr=model_args.mm_projector_lr,
         vision_lr=model_args.vision_tower_lr,
     )

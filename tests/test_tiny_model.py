@@ -18,6 +18,25 @@ def _clip(frames=30, height=96, width=160):
     return rng.integers(0, 255, (frames, height, width, 3), dtype=np.uint8)
 
 
+def _process_at_30_fps(processor, text: str):
+    """The processor on a 30-frame clip whose metadata says 30 FPS, as the pipeline calls it."""
+    metadata = VideoMetadata(
+        total_num_frames=30,
+        fps=30.0,
+        width=160,
+        height=96,
+        duration=1.0,
+        frames_indices=list(range(30)),
+    )
+    return processor(
+        text=[text],
+        videos=[_clip()],
+        video_metadata=[metadata],
+        return_tensors="pt",
+        do_sample_frames=False,
+    )
+
+
 def test_loads_offline_with_expected_shape(tiny_model_dir):
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir)
     config = model.config
@@ -73,21 +92,7 @@ def test_30_frames_at_fps_30_give_15_timestamped_groups(tiny_model_dir):
     text = processor.apply_chat_template(
         build_messages(PROMPT), add_generation_prompt=True, tokenize=False
     )
-    metadata = VideoMetadata(
-        total_num_frames=30,
-        fps=30.0,
-        width=160,
-        height=96,
-        duration=1.0,
-        frames_indices=list(range(30)),
-    )
-    inputs = processor(
-        text=[text],
-        videos=[_clip()],
-        video_metadata=[metadata],
-        return_tensors="pt",
-        do_sample_frames=False,
-    )
+    inputs = _process_at_30_fps(processor, text)
     t, h, w = inputs["video_grid_thw"][0].tolist()
     assert t == 15
     per_group = h * w // 4
@@ -118,21 +123,7 @@ def test_one_training_step_reaches_vision_and_llm(tiny_model_dir):
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir)
     answer = format_pairs([(10.0, 0.01)] * 30)
     text = processor.apply_chat_template(build_messages(PROMPT, answer), tokenize=False)
-    metadata = VideoMetadata(
-        total_num_frames=30,
-        fps=30.0,
-        width=160,
-        height=96,
-        duration=1.0,
-        frames_indices=list(range(30)),
-    )
-    inputs = processor(
-        text=[text],
-        videos=[_clip()],
-        video_metadata=[metadata],
-        return_tensors="pt",
-        do_sample_frames=False,
-    )
+    inputs = _process_at_30_fps(processor, text)
     out = model(**inputs, labels=inputs["input_ids"])
     assert torch.isfinite(out.loss)
     out.loss.backward()

@@ -100,9 +100,14 @@ def test_full_launcher_runs_deepspeed_zero3_on_two_cpu_ranks(
             BATCH_SIZE=1,
             SAVE_STEPS=2,
             DEEPSPEED_CONFIG=config,
+            MM_PROJECTOR_LR="1e-4",
         ),
     )
     assert f"DEEPSPEED_CONFIG   {config}" in result.stdout
+    # The Trainer's per-module groups survive DeepSpeed's wrapping of the optimizer.
+    log = result.stdout + result.stderr
+    assert "groups: " in log and "mlp=0.0001" in log and "llm=1e-05" in log
+    assert "vision" not in log.split("groups: ")[1].splitlines()[0]  # frozen: no group
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert list((out / "checkpoint-2").glob("global_step2/*optim_states.pt"))  # ZeRO shards

@@ -29,7 +29,9 @@ def parameter_groups(
     groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            decay = param.ndim >= 2 and not any(k in name.lower() for k in _NO_DECAY)
+            # Under ZeRO-3 a parameter is a flat shard; ds_shape is its real shape.
+            ndim = len(getattr(param, "ds_shape", param.shape))
+            decay = ndim >= 2 and not any(k in name.lower() for k in _NO_DECAY)
             groups.setdefault((component(name), decay), []).append(param)
     return [
         {
