@@ -237,6 +237,11 @@ def run(argv: list[str]) -> int:
         processor.save_pretrained(training_args.output_dir)
         settings.save(training_args.output_dir)
         logger.info("saved to %s", training_args.output_dir)
+    if torch.distributed.is_initialized():
+        # Leave together and close the process group, so no rank tears down communication
+        # threads at interpreter exit while another still uses them.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 
