@@ -68,21 +68,16 @@ def answer_token_budget(tokenizer) -> int:
     return len(tokenizer(widest, add_special_tokens=False).input_ids) + 8
 
 
-@torch.inference_mode()
-def generate_answers(
-    loaded: LoadedModel,
-    clips: list[tuple[np.ndarray, float]],
-    prompt: str = PROMPT,
-    max_new_tokens: int | None = None,
-) -> list[str]:
-    """Greedy answers for a batch of (frames, fps) clips, left-padded so prompts end together."""
+def build_inputs(
+    loaded: LoadedModel, clips: list[tuple[np.ndarray, float]], prompt: str = PROMPT
+) -> dict:
+    """Model inputs for a batch of (frames, fps) clips, left-padded so prompts end together."""
     processor = loaded.processor
     text = processor.apply_chat_template(
         build_messages(prompt), add_generation_prompt=True, tokenize=False
     )
-    videos, metadata = zip(
-        *(prepare_clip(f, fps, loaded.settings) for f, fps in clips), strict=True
-    )
+    prepared = [prepare_clip(f, fps, loaded.settings) for f, fps in clips]
+    videos, metadata = zip(*prepared, strict=True)
     processor.tokenizer.padding_side = "left"
     inputs = processor(
         text=[text] * len(clips),
@@ -92,13 +87,28 @@ def generate_answers(
         return_tensors="pt",
         **PROCESSOR_VIDEO_KWARGS,
     ).to(loaded.model.device)
-    if "pixel_values_videos" in inputs:
-        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(loaded.model.dtype)
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(loaded.model.dtype)
+    return inputs
+
+
+@torch.inference_mode()
+def generate_answers(
+    loaded: LoadedModel,
+    clips: list[tuple[np.ndarray, float]],
+    prompt: str = PROMPT,
+    max_new_tokens: int | None = None,
+) -> list[str]:
+    """Greedy answers for a batch of (frames, fps) clips."""
+    processor = loaded.processor
+    inputs = build_inputs(loaded, clips, prompt)
     output = loaded.model.generate(
         **inputs,
         max_new_tokens=max_new_tokens or answer_token_budget(processor.tokenizer),
         do_sample=False,
         pad_token_id=processor.tokenizer.pad_token_id,
+        # A cache allocated once: the default one is re-concatenated every step, which costs
+        # batch x (3.5k-token video prefix) per token (see BENCHMARKS.md).
+        cache_implementation="static",
     )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return processor.batch_decode(new_tokens, skip_special_tokens=True)

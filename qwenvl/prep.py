@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import queue
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from fractions import Fraction
 from pathlib import Path
 
@@ -35,8 +39,10 @@ class _SegmentWriter:
     def __init__(self, path: Path, width: int, height: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(path), mode="w")
+        # ultrafast at a low CRF: segments are training inputs, re-decoded many times, and
+        # encoding them must not cost more than decoding the source (see BENCHMARKS.md).
         self.stream = self.container.add_stream(
-            "libx264", rate=SEGMENT_FPS, options={"preset": "veryfast", "crf": "20"}
+            "libx264", rate=SEGMENT_FPS, options={"preset": "ultrafast", "crf": "18"}
         )
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         self.stream.thread_count = 1
@@ -54,6 +60,50 @@ class _SegmentWriter:
         return False
 
 
+@contextmanager
+def _decoded_frames(container: av.container.InputContainer) -> Iterator[Iterator[av.VideoFrame]]:
+    """Frames decoded on a helper thread, so decoding overlaps resizing and encoding.
+
+    On leaving, the helper is stopped and joined before the caller closes the container.
+    """
+    frames: queue.Queue = queue.Queue(maxsize=32)
+    stop = threading.Event()
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+
+    def produce() -> None:
+        try:
+            for frame in container.decode(stream):
+                while not stop.is_set():
+                    try:
+                        frames.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            frames.put(None)
+        except Exception as err:  # noqa: BLE001 - handed to the consumer, raised there
+            frames.put(err)
+
+    def consume() -> Iterator[av.VideoFrame]:
+        while (item := frames.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with suppress(queue.Empty):
+                frames.get(timeout=0.1)
+        worker.join()
+
+
 def _encode_segments(
     video: bytes, segments: list[Segment], output_dir: Path, clip_id: str, max_width: int
 ) -> int:
@@ -65,18 +115,20 @@ def _encode_segments(
     writers: dict[int, _SegmentWriter] = {}
     decoded = 0
     with av.open(io.BytesIO(video)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        width, height = output_size(stream.width, stream.height, max_width)
-        for frame in container.decode(stream):
-            for index in owners.get(decoded, []):
-                if index not in writers:
-                    path = output_dir / segment_video_path(clip_id, index)
-                    writers[index] = _SegmentWriter(path, width, height)
-                small = frame.reformat(width=width, height=height, format="yuv420p")
-                if writers[index].add(small):
-                    del writers[index]
-            decoded += 1
+        source = container.streams.video[0]
+        width, height = output_size(source.width, source.height, max_width)
+        with _decoded_frames(container) as frames:
+            for frame in frames:
+                for index in owners.get(decoded, []):
+                    if index not in writers:
+                        path = output_dir / segment_video_path(clip_id, index)
+                        writers[index] = _SegmentWriter(path, width, height)
+                    small = frame.reformat(
+                        width=width, height=height, format="yuv420p", interpolation="AREA"
+                    )
+                    if writers[index].add(small):
+                        del writers[index]
+                decoded += 1
     if writers:
         raise ClipError(f"video ends after {decoded} frames, inside segment {min(writers)}")
     return decoded

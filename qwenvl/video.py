@@ -101,12 +101,25 @@ def visual_token_count(num_frames: int, height: int, width: int, settings: Video
     return math.ceil(sampled / TEMPORAL_PATCH) * (h // PIXEL_FACTOR) * (w // PIXEL_FACTOR)
 
 
-def decode_video(path: str | Path) -> tuple[np.ndarray, float]:
-    """All frames of a video as (T, H, W, 3) uint8 RGB, and its average frame rate."""
+def decode_video(
+    path: str | Path, settings: VideoSettings | None = None
+) -> tuple[np.ndarray, float]:
+    """All frames of a video as (T, H, W, 3) uint8 RGB, and its average frame rate.
+
+    With `settings`, frames come out already at frame_size(): libswscale resizes them while
+    converting to RGB (area filter), far cheaper than resizing float tensors afterwards. Train,
+    evaluation and prediction all decode this way, so they see identical pixels.
+    """
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        height, width = stream.codec_context.height, stream.codec_context.width
+        if settings is not None:
+            height, width = frame_size(height, width, settings)
+        frames = [
+            frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA")
+            for frame in container.decode(stream)
+        ]
         rate = stream.average_rate or stream.guessed_rate
     if not frames:
         raise ValueError(f"{path}: no video frames")

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=len(samples), desc="generating", unit="clip") as bar:
         for start in range(0, len(samples), args.batch_size):
             batch = samples[start : start + args.batch_size]
-            clips = [decode_video(s["video"]) for s in batch]
+            clips = [decode_video(s["video"], loaded.settings) for s in batch]
             clips = [
                 (frames, float(s.get("fps") or fps))
                 for s, (frames, fps) in zip(batch, clips, strict=True)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for video in args.videos:
         try:
-            frames, fps = decode_video(video)
+            frames, fps = decode_video(video, loaded.settings)
         except (OSError, ValueError) as err:
             raise UserError(f"{video}: cannot decode ({err})") from None
         text = generate_answers(loaded, [to_one_second(frames, fps)])[0]

@@ -169,7 +169,7 @@ def test_batched_generation_equals_one_at_a_time(fine_tuned, steady_data):
 
     loaded = load_for_inference(str(fine_tuned))
     videos = sorted((steady_data / "seg" / "videos").rglob("*.mp4"))[:2]
-    clips = [decode_video(v) for v in videos]
+    clips = [decode_video(v, loaded.settings) for v in videos]
     # A narrower third clip gives a shorter prompt, so the batch really pads on the left.
     clips.append((clips[0][0][:, :, :64], clips[0][1]))
     batched = generate_answers(loaded, clips, max_new_tokens=60)

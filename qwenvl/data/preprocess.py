@@ -139,7 +139,7 @@ class SupervisedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.samples[index]
-        frames, video_fps = decode_video(sample["video"])
+        frames, video_fps = decode_video(sample["video"], self.settings)
         fps = float(sample.get("fps") or video_fps)
         inputs = encode_clip(self.processor, frames, fps, self.chat_text(sample), self.settings)
         input_ids = inputs["input_ids"][0]
