@@ -237,12 +237,21 @@ def run(argv: list[str]) -> int:
         processor.save_pretrained(training_args.output_dir)
         settings.save(training_args.output_dir)
         logger.info("saved to %s", training_args.output_dir)
-    if torch.distributed.is_initialized():
-        # Leave together and close the process group, so no rank tears down communication
-        # threads at interpreter exit while another still uses them.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
     return 0
+
+
+def leave_distributed(code: int) -> None:
+    """End a distributed rank once every rank is done and everything is written.
+
+    Interpreter teardown with gloo and DeepSpeed threads still alive sometimes aborts a rank
+    ("terminate called without an active exception") after a successful run, which fails the
+    whole job; all output is on disk by now, so the rank exits without that teardown.
+    """
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 @main_guard
@@ -252,4 +261,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    status = main()
+    leave_distributed(status)
+    sys.exit(status)

@@ -84,19 +84,18 @@ def segments_dir(raw_dataset, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def training_dir(segments_dir, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("dataset")
+def build_training_json(segments: Path, base: Path, val_fraction: str, test_fraction: str) -> Path:
+    """Run the dataset and training-JSON steps on segments; the folder of train/val/test.json."""
     run_script(
         "scripts/prepare_huggingface_dataset.py",
         "--segments-dir",
-        str(segments_dir),
+        str(segments),
         "--output-dir",
         str(base / "hf"),
         "--val-fraction",
-        "0.25",
+        val_fraction,
         "--test-fraction",
-        "0.25",
+        test_fraction,
     )
     run_script(
         "scripts/convert_to_training_format.py",
@@ -106,3 +105,8 @@ def training_dir(segments_dir, tmp_path_factory) -> Path:
         str(base / "training"),
     )
     return base / "training"
+
+
+@pytest.fixture(scope="session")
+def training_dir(segments_dir, tmp_path_factory) -> Path:
+    return build_training_json(segments_dir, tmp_path_factory.mktemp("dataset"), "0.25", "0.25")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import build_training_json, run_script
 
 from qwenvl.synthetic import constant_profile, encode_mp4, write_synthetic_dataset
 
@@ -36,24 +36,7 @@ def steady_data(tmp_path_factory) -> Path:
         "--output-dir",
         str(base / "seg"),
     )
-    run_script(
-        "scripts/prepare_huggingface_dataset.py",
-        "--segments-dir",
-        str(base / "seg"),
-        "--output-dir",
-        str(base / "hf"),
-        "--val-fraction",
-        "0",
-        "--test-fraction",
-        "0.5",
-    )
-    run_script(
-        "scripts/convert_to_training_format.py",
-        "--input-dir",
-        str(base / "hf"),
-        "--output-dir",
-        str(base / "training"),
-    )
+    build_training_json(base / "seg", base, "0", "0.5")
     return base
 
 
