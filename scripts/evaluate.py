@@ -15,6 +15,15 @@ import numpy as np
 from tqdm import tqdm
 
 from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, cli_main
+from qwenvl.data import load_samples
+from qwenvl.evaluation import (
+    metrics_table,
+    pairs_of,
+    prediction_record,
+    score,
+    write_predictions,
+    write_report,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,16 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_samples(path: Path, limit: int | None = None) -> list[dict]:
-    """Samples of a training-format JSON file with video paths made absolute."""
-    if not path.is_file():
-        raise UserError(f"{path}: not found")
+    """Samples of a training-format JSON file, video paths resolved from its folder."""
     try:
-        samples = json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-    for sample in samples:
-        sample["video"] = str((path.parent / sample["video"]).resolve())
-    return samples[:limit]
+        return load_samples([str(path)])[:limit]
+    except ValueError as err:  # missing file or invalid JSON
+        raise UserError(str(err).splitlines()[0]) from None
 
 
 def train_future(args: argparse.Namespace) -> np.ndarray | None:
@@ -73,8 +77,6 @@ def train_future(args: argparse.Namespace) -> np.ndarray | None:
     if not path.is_file():
         print(f"note: {path} not found; the train-set mean baseline is left out", file=sys.stderr)
         return None
-    from qwenvl.evaluation import pairs_of
-
     return np.array([pairs_of(s, "future") for s in read_samples(path)])
 
 
@@ -83,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
     samples = read_samples(Path(args.test_json), args.max_samples)
     if not samples:
         raise UserError(f"{args.test_json}: no samples")
-    from qwenvl.evaluation import prediction_record, score, write_predictions, write_report
     from qwenvl.inference import generate_answers, load_for_inference
     from qwenvl.video import decode_video
 
@@ -110,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
         write_predictions(records, tmp / "predictions.jsonl")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_report(metrics, records, args.model_path, tmp)
-    from qwenvl.evaluation import metrics_table
-
     print(metrics_table(metrics))
     print(
         f"parsed {metrics['parse']['parsed']}/{metrics['parse']['total']}; report: "

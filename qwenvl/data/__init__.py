@@ -71,7 +71,10 @@ def load_samples(specs: list[str], seed: int = 42) -> list[dict]:
         path = Path(entry["annotation_path"])
         if not path.is_file():
             raise ValueError(f"{path}: training JSON not found (run convert_to_training_format.py)")
-        rows = json.loads(path.read_text())
+        try:
+            rows = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
         if entry["sampling_rate"] < 1:
             keep = max(1, round(len(rows) * entry["sampling_rate"]))
             rows = random.Random(seed).sample(rows, keep)
