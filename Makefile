@@ -1,29 +1,34 @@
 # Two commands on a fresh machine with python3 and pip: `make demo` and `make test`.
-# uv is installed when missing; the environment comes from uv.lock.
+# uv comes from PATH, else from .tools/uv (installed there with pip on first use, so make also
+# works from inside the project's own .venv, which has neither uv nor pip).
+# The environment comes from uv.lock.
 
-UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+UV_LOCAL := $(CURDIR)/.tools/uv/bin/uv
+UV := $(shell command -v uv 2>/dev/null || echo $(UV_LOCAL))
 EXTRAS := --extra bench --extra dev
 DEMO_DIR ?= demo_output
 
-.PHONY: demo test sync uv lint clean-demo
+.PHONY: demo test test-gpu sync uv lint clean-demo
 
 uv:
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
-		python3 -m pip install --quiet --user uv || \
-		python3 -m pip install --quiet --user --break-system-packages uv
+	@[ -x "$(UV)" ] || bash scripts/install_uv.sh .tools/uv
 
 sync: uv
-	$(UV) sync --frozen $(EXTRAS)
-	$(UV) run --frozen --no-sync python -c "import torch, torchvision, transformers"
+	"$(UV)" sync --frozen $(EXTRAS)
+	"$(UV)" run --frozen --no-sync python -c "import torch, torchvision, transformers"
 
 demo: sync
 	DEMO_DIR=$(DEMO_DIR) PYTHON=.venv/bin/python bash scripts/demo.sh
 
 test: sync
-	$(UV) run --frozen --no-sync python -m pytest
+	"$(UV)" run --frozen --no-sync python -m pytest
+
+# On a CUDA machine: training, evaluation, merge and prediction on the GPU (skipped without CUDA).
+test-gpu: sync
+	"$(UV)" run --frozen --no-sync python -m pytest tests/gpu -v
 
 lint: sync
-	$(UV) run --frozen --no-sync ruff check .
+	"$(UV)" run --frozen --no-sync ruff check .
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
+from pathlib import Path
 
-from conftest import run_script
+from conftest import ROOT, run_script
+
+
+def _path_without_uv() -> str:
+    """PATH as inside the project's .venv (its bin first), with every folder holding uv left out."""
+    folders = [f for f in os.environ["PATH"].split(os.pathsep) if not (Path(f) / "uv").exists()]
+    return os.pathsep.join([str(ROOT / ".venv" / "bin"), *folders])
+
+
+def test_uv_installs_from_inside_the_venv_without_pip(tmp_path):
+    env = {"PATH": _path_without_uv()}
+    assert shutil.which("uv", path=env["PATH"]) is None
+    venv_python = run_script("python3", "-c", "import sys; print(sys.prefix)", env=env)
+    assert Path(venv_python.stdout.strip()) == Path(sys.prefix)  # python3 is the .venv's
+    run_script("bash", "scripts/install_uv.sh", str(tmp_path / "uv"), env=env, timeout=600)
+    version = run_script(str(tmp_path / "uv" / "bin" / "uv"), "--version")
+    assert version.stdout.startswith("uv ")
 
 
 def test_make_demo_runs_the_pipeline_and_writes_reports(tmp_path):
@@ -15,6 +35,8 @@ def test_make_demo_runs_the_pipeline_and_writes_reports(tmp_path):
         "DEMO_CLIP_SECONDS": "4",
         "DEMO_MAX_STEPS": "3",
         "DEMO_EVAL_SAMPLES": "2",
+        # As when make runs inside the project's .venv: its python3 has no pip, no uv on PATH.
+        "PATH": _path_without_uv(),
     }
     result = run_script("make", "demo", f"DEMO_DIR={demo}", env=env, timeout=1500)
     for name in ("base", "lora"):
