@@ -77,3 +77,30 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def add_inference_arguments(parser) -> None:
+    """Options every script that runs a model for answers shares."""
+    parser.add_argument(
+        "--base-model",
+        help="base model of a LoRA adapter (default: the one recorded in the adapter)",
+    )
+    parser.add_argument(
+        "--device",
+        help="where the model runs: cpu, cuda or cuda:N (default: cuda when there is a GPU)",
+    )
+
+
+def load_inference_model(args, model_path: str, data_dir: str | Path | None = None):
+    """load_for_inference for a script: a bad device or a model that cannot load is one line."""
+    from qwenvl.inference import load_for_inference
+    from qwenvl.train.model import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        raise UserError(f"--device: {err}") from None
+    try:
+        return load_for_inference(model_path, args.base_model, args.device, data_dir)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{model_path}: cannot load ({str(err).splitlines()[0]})") from None

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from transformers import AutoProcessor
 
-from qwenvl.answer import NUM_PAIRS, PROMPT, format_pairs
+from qwenvl.answer import PROMPT, AnswerFormat
 from qwenvl.data.preprocess import build_messages
-from qwenvl.train.model import load_model
+from qwenvl.train.model import load_model, resolve_device
 from qwenvl.video import PROCESSOR_VIDEO_KWARGS, VideoSettings, prepare_clip
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,15 @@ class LoadedModel:
     model: torch.nn.Module
     processor: object
     settings: VideoSettings
+    answer_format: AnswerFormat
     kind: str  # "adapter" or "full"
+
+    def describe(self) -> str:
+        """One line for the log: what loaded, where it runs, and how it reads clips."""
+        return (
+            f"{self.kind} model on {self.model.device} ({self.model.dtype}), video "
+            f"{self.settings}, answers {self.answer_format}"
+        )
 
 
 def _has_processor(path: Path) -> bool:
@@ -33,38 +41,57 @@ def _has_processor(path: Path) -> bool:
     ).is_file()
 
 
-def load_for_inference(model_path: str, base_model: str | None = None) -> LoadedModel:
+def _stored(loader, *directories: str | Path | None):
+    """The first settings found stored in one of the directories (checkpoint, then base)."""
+    for directory in directories:
+        if directory is not None and Path(directory).is_dir():
+            found = loader(directory)
+            if found is not None:
+                return found
+    return None
+
+
+def load_for_inference(
+    model_path: str,
+    base_model: str | None = None,
+    device: str | None = None,
+    data_dir: str | Path | None = None,
+) -> LoadedModel:
     """A LoRA adapter directory is applied on its base (or --base-model); anything else loads
-    directly. Video settings come from the checkpoint, else from the base, else from the
-    VIDEO_* environment variables or the defaults (a base model has none stored)."""
+    directly, onto `device` (default: CUDA when there is one, else the CPU).
+
+    Video settings and the answer format come from the checkpoint, else from the base model,
+    else (answer format) from `data_dir`, the dataset being evaluated; video settings then
+    fall back to the VIDEO_* environment variables or the defaults (a base model has none).
+    """
+    target = resolve_device(device)
     path = Path(model_path)
     adapter_config = path / "adapter_config.json"
     if adapter_config.is_file():
         from peft import PeftModel
 
         base = base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(load_model(base), str(path))
+        model = PeftModel.from_pretrained(load_model(base, device=target), str(path))
         kind = "adapter"
     else:
         base = base_model or model_path
-        model = load_model(model_path)
+        model = load_model(model_path, device=target)
         kind = "full"
     processor = AutoProcessor.from_pretrained(model_path if _has_processor(path) else base)
-    settings = VideoSettings.load(path) or (
-        VideoSettings.load(base) if Path(base).is_dir() else None
-    )
+    settings = _stored(VideoSettings.load, path, base)
     if settings is None:
         settings = VideoSettings.from_env()
         logger.warning(
             "no video settings stored with %s; using VIDEO_* or defaults: %s", model_path, settings
         )
+    answer_format = _stored(AnswerFormat.load, path, base, data_dir) or AnswerFormat()
     model.eval()
-    return LoadedModel(model, processor, settings, kind)
+    return LoadedModel(model, processor, settings, answer_format, kind)
 
 
-def answer_token_budget(tokenizer) -> int:
-    """max_new_tokens that fits the longest plausible 30-pair answer and its <|im_end|>."""
-    widest = format_pairs([(-99.9, -0.999)] * NUM_PAIRS)
+def answer_token_budget(tokenizer, answer_format: AnswerFormat) -> int:
+    """max_new_tokens for the format's widest 30-pair answer, its <|im_end|> and some slack."""
+    widest = answer_format.widest_answer()
     return len(tokenizer(widest, add_special_tokens=False).input_ids) + 8
 
 
@@ -103,7 +130,8 @@ def generate_answers(
     inputs = build_inputs(loaded, clips, prompt)
     output = loaded.model.generate(
         **inputs,
-        max_new_tokens=max_new_tokens or answer_token_budget(processor.tokenizer),
+        max_new_tokens=max_new_tokens
+        or answer_token_budget(processor.tokenizer, loaded.answer_format),
         do_sample=False,
         pad_token_id=processor.tokenizer.pad_token_id,
         # A cache allocated once: the default one is re-concatenated every step, which costs

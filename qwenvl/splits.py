@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qwenvl.answer import PROMPT, format_pairs
+from qwenvl.answer import PROMPT, AnswerFormat
 
 SPLITS = ("train", "validation", "test")
 
@@ -35,12 +35,10 @@ def _count(total: int, fraction: float, available: int) -> int:
     return min(available, max(1, round(total * fraction)))
 
 
-def chat_row(
-    row: pd.Series, video_path: str, velocity_decimals: int, curvature_decimals: int
-) -> dict:
+def chat_row(row: pd.Series, video_path: str, answer_format: AnswerFormat) -> dict:
     """One dataset row: the chat `messages` (video, prompt, answer) and the numeric labels."""
     future = list(zip(row["future_speed"], row["future_curvature"], strict=True))
-    answer = format_pairs(future, velocity_decimals, curvature_decimals)
+    answer = answer_format.format(future)
     messages = [
         {
             "role": "user",
@@ -75,15 +73,12 @@ def build_split_rows(
     val_fraction: float,
     test_fraction: float,
     seed: int,
-    velocity_decimals: int = 1,
-    curvature_decimals: int = 3,
+    answer_format: AnswerFormat,
 ) -> dict[str, list[dict]]:
     """Rows per split; video paths are absolute so the dataset can be read from anywhere."""
     assignment = split_clips(manifest["clip_id"].tolist(), val_fraction, test_fraction, seed)
     rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for _, row in manifest.iterrows():
         video = str((segments_dir / row["video"]).resolve())
-        rows[assignment[row["clip_id"]]].append(
-            chat_row(row, video, velocity_decimals, curvature_decimals)
-        )
+        rows[assignment[row["clip_id"]]].append(chat_row(row, video, answer_format))
     return rows

@@ -153,3 +153,27 @@ PROCESSOR_VIDEO_KWARGS = {
     "do_resize": False,
     "cap_pixels_per_frame": False,
 }
+
+
+def describe_training_video(processor, settings: VideoSettings) -> None:
+    """Write the training video settings into the processor's video config, so that a model
+    saved with it, loaded with plain transformers (or vLLM), samples and sizes 1-second clips
+    as training did instead of at Qwen's default 2 fps.
+
+    Qwen3-VL's video processor bounds the pixels of the whole clip (frames x height x width),
+    ours bound each frame; for the 1-second, 30 FPS segments both give the same size.
+    """
+    from qwenvl.answer import CLIP_FPS
+
+    frames = len(sample_indices(CLIP_FPS, CLIP_FPS, settings))
+    video_processor = processor.video_processor
+    video_processor.fps = settings.fps
+    video_processor.min_frames = settings.min_frames
+    video_processor.max_frames = settings.max_frames
+    video_processor.size = {
+        "shortest_edge": settings.min_pixels * frames,
+        "longest_edge": settings.max_pixels * frames,
+    }
+    video_processor.do_sample_frames = True
+    video_processor.do_resize = True
+    video_processor.cap_pixels_per_frame = False

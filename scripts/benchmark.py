@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats", type=int, default=3, help="timed repeats, best kept (default: %(default)s)"
     )
     parser.add_argument(
+        "--device",
+        help="device for train/generate: cpu, cuda or cuda:N (default: cuda when there is a GPU)",
+    )
+    parser.add_argument(
         "--resolutions",
         default="640x360,1920x1080",
         help="prep source sizes (default: %(default)s)",
@@ -253,14 +257,24 @@ def bench_loader(model_path: str, train_json: Path, repeats: int) -> dict:
     return result
 
 
-def bench_train(model_path: str, train_json: Path, repeats: int, steps: int = 4) -> dict:
+def bench_train(
+    model_path: str, train_json: Path, repeats: int, device: str | None, steps: int = 4
+) -> dict:
     import torch
     from transformers import AutoProcessor
 
     from qwenvl.data import load_samples
     from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
-    from qwenvl.train.model import LoraSettings, TuneFlags, apply_lora, load_model
+    from qwenvl.train.model import (
+        LoraSettings,
+        TuneFlags,
+        load_model,
+        resolve_device,
+        setup_training,
+    )
     from qwenvl.video import VideoSettings
+
+    target = resolve_device(device)
 
     processor = AutoProcessor.from_pretrained(model_path)
     dataset = SupervisedDataset(
@@ -268,22 +282,26 @@ def bench_train(model_path: str, train_json: Path, repeats: int, steps: int = 4)
     )
     batch = VideoCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(2)])
     results = {
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": str(target),
         "tokens_per_step": int(batch["attention_mask"].sum()),
     }
     for mode in ("lora", "full"):
-        model = load_model(model_path)
-        if mode == "lora":
-            model = apply_lora(model, TuneFlags(False, True, True), LoraSettings())
+        # As train.py sets it up: bf16 weights on GPU, fp32 trained parameters, bf16 autocast.
+        model = load_model(model_path, device=target)
+        lora = LoraSettings() if mode == "lora" else None
+        model = setup_training(model, TuneFlags(False, True, True), lora, deepspeed=False)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
         model.train()
-        device_batch = {k: v.to(model.device) for k, v in batch.items()}
+        device_batch = {k: v.to(target) for k, v in batch.items()}
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        autocast = torch.autocast(target.type, torch.bfloat16, enabled=target.type == "cuda")
 
-        def step(model=model, optimizer=optimizer, device_batch=device_batch):
+        def step(model=model, optimizer=optimizer, device_batch=device_batch, autocast=autocast):
             for _ in range(steps):
-                model(**device_batch).loss.backward()
+                with autocast:
+                    loss = model(**device_batch).loss
+                loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
@@ -296,7 +314,9 @@ def bench_train(model_path: str, train_json: Path, repeats: int, steps: int = 4)
     return results
 
 
-def bench_generate(model_path: str, train_json: Path, repeats: int, batch: int = 8) -> dict:
+def bench_generate(
+    model_path: str, train_json: Path, repeats: int, device: str | None, batch: int = 8
+) -> dict:
     """Tokens/s of greedy decoding with answers of full length (30 pairs), batched and one at a
     time: generate() alone on ready inputs, and end to end with decoding and the processor."""
     import torch
@@ -310,8 +330,8 @@ def bench_generate(model_path: str, train_json: Path, repeats: int, batch: int =
     )
     from qwenvl.video import decode_video
 
-    loaded = load_for_inference(model_path)
-    new = answer_token_budget(loaded.processor.tokenizer)
+    loaded = load_for_inference(model_path, device=device)
+    new = answer_token_budget(loaded.processor.tokenizer, loaded.answer_format)
     samples = load_samples([str(train_json)])[:batch]
     clips = [decode_video(s["video"], loaded.settings) for s in samples]
     model = loaded.model
@@ -378,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             ("generate", bench_generate),
         ):
             if name in wanted:
-                results[name] = fn(model_path, train_json, args.repeats)
+                extra = () if name == "loader" else (args.device,)
+                results[name] = fn(model_path, train_json, args.repeats, *extra)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json_out:

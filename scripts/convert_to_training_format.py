@@ -16,6 +16,7 @@ from pathlib import Path
 from datasets import load_from_disk
 from tqdm import tqdm
 
+from qwenvl.answer import AnswerFormat
 from qwenvl.cli import UserError, atomic_output_dir, cli_main
 from qwenvl.data import SPLIT_FILES, training_sample
 
@@ -39,6 +40,13 @@ def run(args: argparse.Namespace) -> int:
         dataset = load_from_disk(args.input_dir)
     except (FileNotFoundError, ValueError) as err:
         raise UserError(f"{args.input_dir}: not a saved DatasetDict ({err})") from None
+    try:
+        answer_format = AnswerFormat.load(args.input_dir)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if answer_format is None:
+        answer_format = AnswerFormat()
+        print(f"note: {args.input_dir} records no answer format; assuming {answer_format}")
     output_dir = Path(args.output_dir).resolve()
     counts = {}
     with atomic_output_dir(output_dir, args.overwrite_output) as tmp:
@@ -50,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             ]
             (tmp / filename).write_text(json.dumps(samples, indent=1) + "\n")
             counts[filename] = len(samples)
+        answer_format.save(tmp)
     summary = ", ".join(f"{name} {n}" for name, n in counts.items())
     print(f"{summary} samples -> {output_dir}")
     return 0

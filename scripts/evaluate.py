@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a model on test.json against the baselines: parse rate, speed and curvature errors,
 ADE/FDE in metres, per bucket. Works with a base model, a LoRA adapter, a merged model or a full
-fine-tune checkpoint; writes predictions.jsonl, metrics.json, report.md and PNG plots.
+fine-tune checkpoint; writes predictions.jsonl, metrics.json, report.md and PNG plots. Runs on
+the GPU when there is one (--device to choose).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, cli_main
+from qwenvl.cli import (
+    UserError,
+    add_inference_arguments,
+    atomic_output_dir,
+    check_output_dir,
+    cli_main,
+    load_inference_model,
+)
 from qwenvl.data import load_samples
 from qwenvl.evaluation import (
     metrics_table,
@@ -33,10 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         required=True,
         help="base model, LoRA adapter, merged or full checkpoint (path or hub id)",
     )
-    parser.add_argument(
-        "--base-model",
-        help="base model of a LoRA adapter (default: the one recorded in the adapter)",
-    )
+    add_inference_arguments(parser)
     parser.add_argument("--test-json", required=True, help="test.json in the training format")
     parser.add_argument(
         "--train-json",
@@ -50,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
     parser.add_argument(
-        "--max-new-tokens", type=int, help="generation budget (default: fitted to 30 pairs)"
+        "--max-new-tokens",
+        type=int,
+        help="generation budget (default: fitted to the widest answer of the model's format)",
     )
     parser.add_argument(
         "--output-dir", required=True, help="where predictions, metrics, report and plots go"
@@ -59,8 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overwrite-output", action="store_true", help="replace an existing output directory"
     )
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or (args.max_samples is not None and args.max_samples < 1):
-        parser.error("--batch-size and --max-samples must be positive")
+    if any(
+        n is not None and n < 1 for n in (args.batch_size, args.max_samples, args.max_new_tokens)
+    ):
+        parser.error("--batch-size, --max-samples and --max-new-tokens must be positive")
     return args
 
 
@@ -85,14 +94,11 @@ def run(args: argparse.Namespace) -> int:
     samples = read_samples(Path(args.test_json), args.max_samples)
     if not samples:
         raise UserError(f"{args.test_json}: no samples")
-    from qwenvl.inference import generate_answers, load_for_inference
+    from qwenvl.inference import generate_answers
     from qwenvl.video import decode_video
 
-    try:
-        loaded = load_for_inference(args.model_path, args.base_model)
-    except OSError as err:
-        raise UserError(f"{args.model_path}: cannot load ({str(err).splitlines()[0]})") from None
-    print(f"{args.model_path}: {loaded.kind} model, video settings {loaded.settings}")
+    loaded = load_inference_model(args, args.model_path, data_dir=Path(args.test_json).parent)
+    print(f"{args.model_path}: {loaded.describe()}")
     records = []
     with tqdm(total=len(samples), desc="generating", unit="clip") as bar:
         for start in range(0, len(samples), args.batch_size):

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Merge a LoRA adapter into its base model: a standalone model plus processor and video
-settings, ready for `from_pretrained`.
+settings, ready for `from_pretrained`. Merges on the GPU when there is one (--device to choose).
 """
 
 from __future__ import annotations
@@ -10,7 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, main_guard
+from qwenvl.cli import (
+    UserError,
+    add_inference_arguments,
+    atomic_output_dir,
+    check_output_dir,
+    load_inference_model,
+    main_guard,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -18,9 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--adapter-path", required=True, help="LoRA output directory (or a checkpoint-* in it)"
     )
-    parser.add_argument(
-        "--base-model", help="base model (default: the one recorded in the adapter)"
-    )
+    add_inference_arguments(parser)
     parser.add_argument("--output-dir", required=True, help="where the merged model goes")
     parser.add_argument(
         "--overwrite-output", action="store_true", help="replace an existing output directory"
@@ -35,19 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json (not a LoRA adapter directory)")
     check_output_dir(args.output_dir, args.overwrite_output)
-    from qwenvl.inference import load_for_inference
-    from qwenvl.video import VideoSettings
+    from qwenvl.video import describe_training_video
 
     base = (
         args.base_model
         or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     )
-    loaded = load_for_inference(str(adapter), base)
+    args.base_model = base
+    loaded = load_inference_model(args, str(adapter))
+    print(f"{adapter}: {loaded.describe()}")
     merged = loaded.model.merge_and_unload()
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         merged.save_pretrained(tmp)
+        describe_training_video(loaded.processor, loaded.settings)
         loaded.processor.save_pretrained(tmp)
-        (VideoSettings.load(adapter) or loaded.settings).save(tmp)
+        loaded.settings.save(tmp)
+        loaded.answer_format.save(tmp)
     print(f"merged {adapter} into {base} -> {args.output_dir}")
     return 0
 

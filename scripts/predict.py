@@ -2,7 +2,9 @@
 """Predict the next second's 30 (velocity m/s, curvature 1/m) pairs for driving clips.
 
 Any mp4 works: a clip that is not 30 frames over 1 s is resampled to 30 frames spread evenly
-over its last second (or over all of it when shorter).
+over its last second (or over all of it when shorter). A clip that cannot be decoded is named
+with its cause and the others are still predicted; the exit status is then non-zero. Runs on
+the GPU when there is one (--device to choose).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from qwenvl.cli import UserError, main_guard
+from qwenvl.cli import add_inference_arguments, load_inference_model, main_guard
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,12 +26,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model-path", required=True, help="fine-tuned model, LoRA adapter, or base model"
     )
+    add_inference_arguments(parser)
     parser.add_argument(
-        "--base-model",
-        help="base model of a LoRA adapter (default: the one recorded in the adapter)",
+        "--max-new-tokens",
+        type=int,
+        help="generation budget (default: fitted to the widest answer of the model's format)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per clip")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be positive")
+    return args
 
 
 def to_one_second(frames: np.ndarray, fps: float, count: int = 30) -> tuple[np.ndarray, float]:
@@ -40,39 +48,59 @@ def to_one_second(frames: np.ndarray, fps: float, count: int = 30) -> tuple[np.n
     return last_second[indices], float(count)
 
 
+def read_clip(video: str, settings) -> tuple[tuple[np.ndarray, float] | None, str | None]:
+    """(the clip as 30 frames over 1 s, None), or (None, why it cannot be read)."""
+    from qwenvl.video import decode_video
+
+    if not Path(video).is_file():
+        return None, "not found"
+    try:
+        return to_one_second(*decode_video(video, settings)), None
+    except Exception as err:  # PyAV raises many kinds (InvalidDataError, EOFError, ...)
+        # PyAV's message repeats the path; its strerror is the cause alone.
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0] or type(err).__name__
+        return None, f"cannot decode ({reason})"
+
+
+def predict_one(loaded, video: str, max_new_tokens: int | None) -> dict:
+    """One clip's result: pairs, or the decode or parse error, with the raw text."""
+    from qwenvl.answer import AnswerParseError, parse_pairs
+    from qwenvl.inference import generate_answers
+
+    clip, error = read_clip(video, loaded.settings)
+    if clip is None:
+        return {"video": video, "pairs": None, "error": error, "raw_text": None}
+    text = generate_answers(loaded, [clip], max_new_tokens=max_new_tokens)[0]
+    try:
+        return {"video": video, "pairs": parse_pairs(text), "error": None, "raw_text": text}
+    except AnswerParseError as err:
+        return {
+            "video": video,
+            "pairs": None,
+            "error": f"answer not parsed ({err})",
+            "raw_text": text,
+        }
+
+
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for video in args.videos:
-        if not Path(video).is_file():
-            raise UserError(f"{video}: not found")
-    from qwenvl.answer import AnswerParseError, parse_pairs
-    from qwenvl.inference import generate_answers, load_for_inference
-    from qwenvl.video import decode_video
-
-    try:
-        loaded = load_for_inference(args.model_path, args.base_model)
-    except OSError as err:
-        raise UserError(f"{args.model_path}: cannot load ({str(err).splitlines()[0]})") from None
+    loaded = load_inference_model(args, args.model_path)
+    print(f"{args.model_path}: {loaded.describe()}", file=sys.stderr)
+    fmt = loaded.answer_format
     failed = 0
-    for video in args.videos:
-        try:
-            frames, fps = decode_video(video, loaded.settings)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{video}: cannot decode ({err})") from None
-        text = generate_answers(loaded, [to_one_second(frames, fps)])[0]
-        try:
-            pairs, error = parse_pairs(text), None
-        except AnswerParseError as err:
-            pairs, error, failed = None, str(err), failed + 1
+    for video in tqdm(args.videos, desc="predicting", unit="clip", disable=len(args.videos) < 2):
+        result = predict_one(loaded, video, args.max_new_tokens)
+        failed += result["error"] is not None
+        # tqdm.write keeps each line whole beside the progress bar.
         if args.json:
-            print(
-                json.dumps({"video": video, "pairs": pairs, "parse_error": error, "raw_text": text})
-            )
-        elif pairs is None:
-            print(f"{video}: answer not parsed ({error}): {text!r}")
+            tqdm.write(json.dumps(result), file=sys.stdout)
+        elif result["error"] is not None:
+            tqdm.write(f"error: {video}: {result['error']}", file=sys.stderr)
         else:
-            print(f"{video}: " + ", ".join(f"({v:.1f}, {c:.3f})" for v, c in pairs))
+            tqdm.write(f"{video}: {fmt.format(result['pairs'])}", file=sys.stdout)
+    if failed:
+        print(f"{failed} of {len(args.videos)} clips failed", file=sys.stderr)
     return 1 if failed else 0
 
 

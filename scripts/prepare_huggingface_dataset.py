@@ -15,6 +15,7 @@ import pandas as pd
 from datasets import Dataset, DatasetDict
 from tqdm import tqdm
 
+from qwenvl.answer import AnswerFormat
 from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, cli_main
 from qwenvl.splits import SPLITS, build_split_rows
 
@@ -67,15 +68,13 @@ def run(args: argparse.Namespace) -> int:
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path}: not found (run prepare_video_segments.py first)")
     check_output_dir(args.output_dir, args.overwrite_output)
+    try:
+        answer_format = AnswerFormat(args.velocity_decimals, args.curvature_decimals)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     manifest = pd.read_parquet(manifest_path)
     rows = build_split_rows(
-        manifest,
-        segments_dir,
-        args.val_fraction,
-        args.test_fraction,
-        args.seed,
-        args.velocity_decimals,
-        args.curvature_decimals,
+        manifest, segments_dir, args.val_fraction, args.test_fraction, args.seed, answer_format
     )
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         splits = {}
@@ -87,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         empty = Dataset.from_dict({key: [] for key in features}, features=features)
         splits = {name: splits.get(name, empty) for name in SPLITS}
         DatasetDict(splits).save_to_disk(str(tmp), num_shards={name: 1 for name in SPLITS})
+        answer_format.save(tmp)
     counts = ", ".join(f"{name} {len(rows[name])}" for name in SPLITS)
     clips = ", ".join(f"{name} {len({r['clip_id'] for r in rows[name]})}" for name in SPLITS)
     print(f"segments: {counts}; clips: {clips} -> {args.output_dir}")

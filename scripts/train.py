@@ -16,19 +16,19 @@ import torch
 import transformers
 from transformers import AutoProcessor, HfArgumentParser, TrainerCallback, set_seed
 
+from qwenvl.answer import AnswerFormat
 from qwenvl.cli import UserError, main_guard
-from qwenvl.data import load_samples
+from qwenvl.data import answer_format_of, dataset_specs, load_samples
 from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
 from qwenvl.train.model import (
     LoraSettings,
     TuneFlags,
-    apply_lora,
-    freeze_for_full,
     load_model,
+    setup_training,
     trainable_summary,
 )
 from qwenvl.train.trainer import QwenVLTrainer, find_resume_checkpoint
-from qwenvl.video import VideoSettings
+from qwenvl.video import VideoSettings, describe_training_video
 
 logger = logging.getLogger("train")
 
@@ -120,17 +120,21 @@ class TrainingArguments(transformers.TrainingArguments):
     )
 
 
-class SaveVideoSettings(TrainerCallback):
-    """Store processor and video settings in every checkpoint so each one is usable alone."""
+class SaveInferenceSettings(TrainerCallback):
+    """Store the processor (its video config set to training's), the video settings and the
+    answer format in every checkpoint, so each one is usable alone."""
 
-    def __init__(self, processor, settings: VideoSettings) -> None:
-        self.processor, self.settings = processor, settings
+    def __init__(self, processor, settings: VideoSettings, answer_format: AnswerFormat) -> None:
+        self.processor, self.settings, self.answer_format = processor, settings, answer_format
+
+    def save(self, directory: str | Path) -> None:
+        self.processor.save_pretrained(directory)
+        self.settings.save(directory)
+        self.answer_format.save(directory)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            self.processor.save_pretrained(checkpoint)
-            self.settings.save(checkpoint)
+            self.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 class LogOptimizerGroups(TrainerCallback):
@@ -160,22 +164,20 @@ def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArgum
     return model_args, data_args, training_args
 
 
-def build_model(model_args: ModelArguments):
+def build_model(model_args: ModelArguments, training_args: TrainingArguments):
     flags = TuneFlags(model_args.tune_mm_vision, model_args.tune_mm_mlp, model_args.tune_mm_llm)
     model = load_model(model_args.model_name_or_path, model_args.attn_implementation)
+    lora = None
     if model_args.lora_enable:
         lora = LoraSettings(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
-        model = apply_lora(model, flags, lora)
-        model.enable_input_require_grads()
-    else:
-        freeze_for_full(model, flags)
+    model = setup_training(model, flags, lora, deepspeed=bool(training_args.deepspeed))
     logger.info(trainable_summary(model))
     return model
 
 
 def build_datasets(data_args: DataArguments, training_args: TrainingArguments, processor):
     settings = data_args.video_settings()
-    specs = [s for s in data_args.dataset_use.split(",") if s.strip()]
+    specs = dataset_specs(data_args.dataset_use)
     train = SupervisedDataset(
         load_samples(specs, training_args.data_seed or training_args.seed),
         processor,
@@ -186,7 +188,7 @@ def build_datasets(data_args: DataArguments, training_args: TrainingArguments, p
         raise UserError(f"{data_args.dataset_use}: no training sample fits model_max_length")
     evaluation = None
     if data_args.eval_dataset_use:
-        eval_specs = [s for s in data_args.eval_dataset_use.split(",") if s.strip()]
+        eval_specs = dataset_specs(data_args.eval_dataset_use)
         evaluation = SupervisedDataset(
             load_samples(eval_specs), processor, settings, training_args.model_max_length
         )
@@ -212,17 +214,22 @@ def run(argv: list[str]) -> int:
     try:
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
         train_set, eval_set, settings = build_datasets(data_args, training_args, processor)
-        model = build_model(model_args)
+        answer_format = answer_format_of(dataset_specs(data_args.dataset_use))
+        model = build_model(model_args, training_args)
     except (ValueError, OSError) as err:
         raise UserError(str(err).splitlines()[0]) from None
-    logger.info("video settings: %s; %d training samples", settings, len(train_set))
+    describe_training_video(processor, settings)
+    inference_settings = SaveInferenceSettings(processor, settings, answer_format)
+    logger.info(
+        "video settings: %s; %s; %d training samples", settings, answer_format, len(train_set)
+    )
     trainer = QwenVLTrainer(
         model=model,
         args=training_args,
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=VideoCollator(processor.tokenizer.pad_token_id),
-        callbacks=[SaveVideoSettings(processor, settings), LogOptimizerGroups()],
+        callbacks=[inference_settings, LogOptimizerGroups()],
         projector_lr=model_args.mm_projector_lr,
         vision_lr=model_args.vision_tower_lr,
     )
@@ -234,8 +241,7 @@ def run(argv: list[str]) -> int:
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
-        processor.save_pretrained(training_args.output_dir)
-        settings.save(training_args.output_dir)
+        inference_settings.save(training_args.output_dir)
         logger.info("saved to %s", training_args.output_dir)
     return 0
 

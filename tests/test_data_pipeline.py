@@ -18,8 +18,8 @@ from conftest import run_script
 from datasets import load_from_disk
 
 from qwenvl import rawdata
-from qwenvl.answer import AnswerParseError, format_pairs, parse_pairs
-from qwenvl.data import data_list, load_samples
+from qwenvl.answer import AnswerFormat, AnswerParseError, format_pairs, parse_pairs
+from qwenvl.data import answer_format_of, data_list, load_samples
 
 
 def _frames(path: Path) -> int:
@@ -103,6 +103,36 @@ def test_training_json_paths_resolve_and_hold_labels(training_dir):
     assert len(sample["future_speed"]) == 30 and len(sample["observed_curvature"]) == 30
     loaded = load_samples([str(training_dir / "train.json")])
     assert Path(loaded[0]["video"]).is_file()
+
+
+def test_answer_decimals_are_stored_with_the_dataset_and_its_training_json(
+    segments_dir, training_dir, tmp_path
+):
+    run_script(
+        "scripts/prepare_huggingface_dataset.py",
+        "--segments-dir",
+        str(segments_dir),
+        "--output-dir",
+        str(tmp_path / "hf"),
+        "--velocity-decimals",
+        "2",
+        "--curvature-decimals",
+        "4",
+    )
+    run_script(
+        "scripts/convert_to_training_format.py",
+        "--input-dir",
+        str(tmp_path / "hf"),
+        "--output-dir",
+        str(tmp_path / "training"),
+    )
+    assert AnswerFormat.load(tmp_path / "hf") == AnswerFormat(2, 4)
+    train_json = tmp_path / "training" / "train.json"
+    assert answer_format_of([str(train_json)]) == AnswerFormat(2, 4)
+    answer = json.loads(train_json.read_text())[0]["conversations"][1]["value"]
+    assert re.match(r"\[\(-?\d+\.\d{2}, -?\d+\.\d{4}\)", answer)
+    with pytest.raises(ValueError, match="different answer formats"):
+        answer_format_of([str(train_json), str(training_dir / "train.json")])
 
 
 def test_registry_names_and_sampling(training_dir):

@@ -168,9 +168,33 @@ def test_predict_resamples_any_mp4_to_one_second_of_30_frames(fine_tuned, tmp_pa
     clip.write_bytes(encode_mp4(frames, 160, 96, fps=20))  # 2.5 s at 20 FPS
     result = run_script("scripts/predict.py", "--model-path", str(fine_tuned), "--json", str(clip))
     record = json.loads(result.stdout.strip().splitlines()[-1])
-    assert record["parse_error"] is None and len(record["pairs"]) == 30
+    assert record["error"] is None and len(record["pairs"]) == 30
     plain = run_script("scripts/predict.py", "--model-path", str(fine_tuned), str(clip))
     assert plain.stdout.count("(") == 30
+
+
+def test_predict_names_each_clip_it_cannot_read_and_answers_the_rest(
+    fine_tuned, steady_data, tmp_path
+):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    good = sorted((steady_data / "seg" / "videos").rglob("*.mp4"))[0]
+    args = ["scripts/predict.py", "--model-path", str(fine_tuned), str(empty), str(text), str(good)]
+    result = run_script(*args, check=False)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "empty.mp4: cannot decode" in errors[0]
+    assert "notes.mp4: cannot decode" in errors[1]
+    assert "Traceback" not in result.stderr
+    answers = result.stdout.strip().splitlines()
+    assert len(answers) == 1 and answers[0].startswith(f"{good}: [(8.0, 0.010)")
+    as_json = run_script(*args, "--json", check=False)
+    records = [json.loads(line) for line in as_json.stdout.strip().splitlines()]
+    assert as_json.returncode == 1 and [r["video"] for r in records] == args[3:]
+    assert [r["error"] is not None for r in records] == [True, True, False]
+    assert records[2]["pairs"][0] == [8.0, 0.01]
 
 
 def test_to_one_second_takes_30_frames_from_the_last_second():

@@ -71,6 +71,11 @@ def test_lora_launcher_overfits_four_samples(tiny_model_dir, four_samples, tmp_p
     from transformers import Qwen3VLForConditionalGeneration
 
     assert (out / "adapter_model.safetensors").is_file() and (out / "video_settings.json").is_file()
+    for saved in (out, out / "checkpoint-30"):  # each usable alone, by us or plain transformers
+        assert json.loads((saved / "answer_format.json").read_text())["curvature_decimals"] == 3
+        video_config = json.loads((saved / "processor_config.json").read_text())["video_processor"]
+        assert video_config["fps"] == 30 and video_config["max_frames"] == 32
+        assert video_config["size"]["longest_edge"] == 16 * 32 * 32 * 30
     base = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir)
     model = PeftModel.from_pretrained(base, str(out))
     assert any("lora_A" in n for n, _ in model.named_parameters())

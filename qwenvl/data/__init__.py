@@ -7,7 +7,7 @@ import random
 import re
 from pathlib import Path
 
-from qwenvl.answer import PROMPT
+from qwenvl.answer import PROMPT, AnswerFormat
 
 TRAINING_DIR = "qwen_video_dataset_training"
 SPLIT_FILES = {"train": "train.json", "validation": "val.json", "test": "test.json"}
@@ -45,6 +45,11 @@ def parse_sampling(spec: str) -> tuple[str, float]:
     return name, rate
 
 
+def dataset_specs(text: str) -> list[str]:
+    """'a,b%50' (the --dataset_use syntax) -> ['a', 'b%50']."""
+    return [spec.strip() for spec in text.split(",") if spec.strip()]
+
+
 def data_list(specs: list[str]) -> list[dict]:
     """Resolve registry names or training-JSON paths, each optionally with `%pct`."""
     entries = []
@@ -62,6 +67,20 @@ def data_list(specs: list[str]) -> list[dict]:
         entry["sampling_rate"] = rate
         entries.append(entry)
     return entries
+
+
+def answer_format_of(specs: list[str]) -> AnswerFormat:
+    """The answer format the datasets were written with (answer_format.json beside each
+    training JSON; the default for files without one). Datasets must agree."""
+    found = {
+        AnswerFormat.load(Path(entry["annotation_path"]).parent) or AnswerFormat()
+        for entry in data_list(specs)
+    }
+    if len(found) > 1:
+        raise ValueError(
+            f"datasets written with different answer formats: {sorted(map(str, found))}"
+        )
+    return found.pop() if found else AnswerFormat()
 
 
 def load_samples(specs: list[str], seed: int = 42) -> list[dict]:

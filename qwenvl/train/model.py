@@ -18,23 +18,49 @@ VISION_LINEAR = ("attn.qkv", "attn.proj", "mlp.linear_fc1", "mlp.linear_fc2")
 PROJECTOR = re.compile(r"(^|\.)visual\.(merger|deepstack_merger_list\.\d+)$")
 
 
-def pick_attention(device: str) -> str:
+def resolve_device(requested: str | None = None) -> torch.device:
+    """The device to run on: `requested` ("cuda", "cuda:1", "cpu"), else CUDA when present."""
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"unknown device '{requested}' (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{requested}' asked for, but CUDA is not available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device '{requested}': only {torch.cuda.device_count()} GPU(s) visible")
+    return device
+
+
+def pick_attention(device: torch.device) -> str:
     """flash_attention_2 when installed and on CUDA, else sdpa."""
-    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
 
 
 def load_model(
-    model_path: str, attn_implementation: str | None = None
+    model_path: str,
+    attn_implementation: str | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Qwen3VLForConditionalGeneration:
-    """Qwen3-VL by path or hub id: bf16 on GPU, fp32 on CPU; no remote code."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    attn = attn_implementation or pick_attention(device)
-    logger.info("loading %s: dtype %s, attention %s, device %s", model_path, dtype, attn, device)
+    """Qwen3-VL by path or hub id: bf16 for CUDA, fp32 for the CPU (or `dtype`); no remote code.
+
+    With `device`, the weights load straight onto it (inference); without, they stay on the
+    CPU for the Trainer or DeepSpeed to place, and dtype and attention follow the GPU if any.
+    """
+    runs_on = device if device is not None else resolve_device()
+    dtype = dtype or (torch.bfloat16 if runs_on.type == "cuda" else torch.float32)
+    attn = attn_implementation or pick_attention(runs_on)
+    logger.info("loading %s: dtype %s, attention %s, device %s", model_path, dtype, attn, runs_on)
     return Qwen3VLForConditionalGeneration.from_pretrained(
-        model_path, dtype=dtype, attn_implementation=attn, trust_remote_code=False
+        model_path,
+        dtype=dtype,
+        attn_implementation=attn,
+        trust_remote_code=False,
+        device_map={"": runs_on} if device is not None else None,
     )
 
 
@@ -110,6 +136,39 @@ def apply_lora(model: torch.nn.Module, flags: TuneFlags, lora: LoraSettings):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def keep_fp32_masters(model: torch.nn.Module) -> int:
+    """Trained parameters in fp32; frozen ones stay as loaded (bf16 on GPU).
+
+    Under bf16 autocast the matmuls still run in bf16, but the optimizer updates fp32 weights:
+    in bf16 (8 bits of mantissa) an update of lr 1e-5 on a weight of 0.02 rounds away entirely.
+    DeepSpeed keeps its own fp32 copy, so this is for training without it. Returns how many
+    parameters were upcast.
+    """
+    upcast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            upcast += 1
+    return upcast
+
+
+def setup_training(
+    model: torch.nn.Module, flags: TuneFlags, lora: LoraSettings | None, deepspeed: bool
+) -> torch.nn.Module:
+    """Freeze or wrap the model for training: LoRA when `lora` is given, full otherwise; without
+    DeepSpeed every trained parameter gets an fp32 master (see keep_fp32_masters)."""
+    if lora is not None:
+        model = apply_lora(model, flags, lora)
+        model.enable_input_require_grads()
+    else:
+        freeze_for_full(model, flags)
+    if not deepspeed:
+        upcast = keep_fp32_masters(model)
+        if upcast:
+            logger.info("%d trained parameter tensors upcast to fp32 (bf16 autocast)", upcast)
+    return model
 
 
 def trainable_summary(model: torch.nn.Module) -> str:

@@ -1,0 +1,132 @@
+"""On a CUDA machine (`make test-gpu`): bf16 LoRA and full training, evaluation, merge and
+prediction with the model on the GPU. Skipped where there is no CUDA: a CPU cannot check these."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import free_port, run_script
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ATTENTION = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(64 * 32 * 32)}
+
+
+def _train(launcher: str, model: Path, data: Path, out: Path, **extra) -> str:
+    env = {
+        "MODEL_PATH": str(model),
+        "DATASETS": str(data / "train.json"),
+        "OUTPUT_DIR": str(out),
+        "NPROC_PER_NODE": "1",
+        "MASTER_PORT": str(free_port()),
+        "MAX_STEPS": "4",
+        "SAVE_STEPS": "4",
+        "BATCH_SIZE": "2",
+        "GRAD_ACCUM": "1",
+        "LOGGING_STEPS": "1",
+        "DATALOADER_WORKERS": "2",
+        **SMALL_VIDEO,
+        **{k: str(v) for k, v in extra.items()},
+    }
+    result = run_script(launcher, env=env)
+    return result.stdout + result.stderr
+
+
+def _losses(out: Path) -> list[float]:
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_model_dir, training_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gpu_lora") / "adapter"
+    log = _train("./train_physical_ai_lora.sh", tiny_model_dir, training_dir, out, LR="1e-3")
+    assert f"attention {ATTENTION}" in log and "device cuda" in log
+    assert "upcast to fp32" in log  # the projector trains in full: fp32 master weights
+    return out
+
+
+def test_lora_trains_in_bf16_on_the_gpu(lora_dir):
+    losses = _losses(lora_dir)
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert (lora_dir / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("deepspeed", ["", "zero3.json"], ids=["plain", "zero3"])
+def test_full_fine_tuning_trains_on_the_gpu(tiny_model_dir, training_dir, tmp_path, deepspeed):
+    out = tmp_path / "full"
+    log = _train(
+        "./train_physical_ai.sh",
+        tiny_model_dir,
+        training_dir,
+        out,
+        LR="1e-4",
+        DEEPSPEED_CONFIG=deepspeed,
+    )
+    assert f"attention {ATTENTION}" in log
+    assert ("upcast to fp32" in log) == (not deepspeed)  # DeepSpeed keeps its own fp32 copy
+    losses = _losses(out)
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_inference_model_is_on_the_gpu_in_bf16(lora_dir, training_dir):
+    from qwenvl.data import load_samples
+    from qwenvl.inference import generate_answers, load_for_inference
+    from qwenvl.video import decode_video
+
+    loaded = load_for_inference(str(lora_dir))
+    assert loaded.model.device.type == "cuda" and loaded.model.dtype == torch.bfloat16
+    assert loaded.model.get_base_model().config._attn_implementation == ATTENTION
+    samples = load_samples([str(training_dir / "test.json")])[:3]
+    clips = [decode_video(s["video"], loaded.settings) for s in samples]
+    texts = generate_answers(loaded, clips, max_new_tokens=16)
+    assert len(texts) == 3
+
+
+def test_evaluate_merge_and_predict_run_on_the_gpu(lora_dir, training_dir, tmp_path):
+    evaluated = run_script(
+        "scripts/evaluate.py",
+        "--model-path",
+        str(lora_dir),
+        "--test-json",
+        str(training_dir / "test.json"),
+        "--max-samples",
+        "4",
+        "--output-dir",
+        str(tmp_path / "eval"),
+    )
+    assert "on cuda:0" in evaluated.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["parse"]["total"] == 4
+    merged = tmp_path / "merged"
+    log = run_script(
+        "scripts/merge_lora.py", "--adapter-path", str(lora_dir), "--output-dir", str(merged)
+    )
+    assert "on cuda:0" in log.stdout and (merged / "config.json").is_file()
+    clip = json.loads((training_dir / "test.json").read_text())[0]["video"]
+    predicted = run_script(
+        "scripts/predict.py",
+        "--model-path",
+        str(merged),
+        "--json",
+        str(training_dir / clip),
+        check=False,
+    )
+    assert "on cuda:0" in predicted.stderr and "Traceback" not in predicted.stderr
+    record = json.loads(predicted.stdout.strip().splitlines()[-1])
+    assert record["raw_text"] is not None  # decoded and answered (parsing is the model's skill)
+    on_cpu = run_script(
+        "scripts/predict.py",
+        "--model-path",
+        str(merged),
+        "--device",
+        "cpu",
+        str(training_dir / clip),
+        check=False,
+    )
+    assert "on cpu" in on_cpu.stderr
