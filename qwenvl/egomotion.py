@@ -59,21 +59,34 @@ def forward_speed(egomotion: pd.DataFrame) -> np.ndarray:
     return rotate_into_body(q, velocity)[:, 0]
 
 
-def interpolate_motion(egomotion: pd.DataFrame, timestamps_us: np.ndarray) -> np.ndarray:
-    """(N, 2) (forward speed m/s, curvature 1/m), linearly interpolated at `timestamps_us`.
+class MotionInterpolator:
+    """(forward speed m/s, curvature 1/m) at any time inside a clip's egomotion.
 
-    Raises ValueError when a timestamp lies outside the egomotion's time range.
+    Interpolation is NVIDIA's devkit's (`physical_ai_av.egomotion.EgomotionState`): rotation
+    by slerp, velocity and curvature linearly, no extrapolation. Forward speed is the
+    interpolated anchor-frame velocity expressed in the interpolated body frame (its x), so
+    negative when reversing; curvature keeps its sign (positive = left turn).
     """
-    ego_t = egomotion["timestamp"].to_numpy(dtype=np.int64)
-    t = np.asarray(timestamps_us, dtype=np.int64)
-    if len(t) and (t.min() < ego_t[0] or t.max() > ego_t[-1]):
-        raise ValueError(
-            f"frame timestamps [{t.min()}, {t.max()}] us fall outside the egomotion range "
-            f"[{ego_t[0]}, {ego_t[-1]}] us"
-        )
-    speed = np.interp(t, ego_t, forward_speed(egomotion))
-    curvature = np.interp(t, ego_t, egomotion["curvature"].to_numpy(dtype=np.float64))
-    return np.stack([speed, curvature], axis=-1)
+
+    def __init__(self, egomotion: pd.DataFrame) -> None:
+        from physical_ai_av.egomotion import EgomotionState
+
+        self.timestamps = egomotion["timestamp"].to_numpy(dtype=np.int64, copy=True)
+        state = EgomotionState.from_egomotion_df(egomotion)
+        self._interpolate = state.create_interpolator(self.timestamps)
+
+    def __call__(self, timestamps_us: np.ndarray) -> np.ndarray:
+        """(N, 2) at `timestamps_us`; ValueError when one lies outside the egomotion's range."""
+        t = np.asarray(timestamps_us, dtype=np.int64)
+        first, last = self.timestamps[0], self.timestamps[-1]
+        if len(t) and (t.min() < first or t.max() > last):
+            raise ValueError(
+                f"frame timestamps [{t.min()}, {t.max()}] us fall outside the egomotion range "
+                f"[{first}, {last}] us"
+            )
+        state = self._interpolate(t)
+        body_velocity = state.pose.rotation.inv().apply(state.velocity)
+        return np.stack([body_velocity[:, 0], state.curvature[:, 0]], axis=-1)
 
 
 def integrate_unicycle(

@@ -18,6 +18,7 @@ from qwenvl.rawdata import MissingClipData, RawDataset
 from qwenvl.segments import SEGMENT_FRAMES, ClipError, Segment, make_segments
 
 SEGMENT_FPS = 30
+SOURCE = "source.json"  # in the segments folder: the dataset root and camera they were cut from
 
 
 def output_size(width: int, height: int, max_width: int) -> tuple[int, int]:
@@ -28,9 +29,14 @@ def output_size(width: int, height: int, max_width: int) -> tuple[int, int]:
     return int(round(width / 2) * 2), int(round(height / 2) * 2)
 
 
+def segment_id(clip_id: str, index: int) -> str:
+    """The id of one segment, as in the dataset's and the training JSON's `id`."""
+    return f"{clip_id}_seg{index:02d}"
+
+
 def segment_video_path(clip_id: str, index: int) -> str:
     """Segment mp4 path relative to the segments directory."""
-    return f"videos/{clip_id}/{clip_id}_seg{index:02d}.mp4"
+    return f"videos/{clip_id}/{segment_id(clip_id, index)}.mp4"
 
 
 class _SegmentWriter:
@@ -136,8 +142,9 @@ def _encode_segments(
 
 def process_clip(
     dataset: RawDataset, clip_id: str, chunk: int, output_dir: Path, max_width: int
-) -> list[dict]:
-    """Manifest rows for one clip's segments; ClipError (files removed) when it must be skipped."""
+) -> tuple[list[dict], dict[str, str]]:
+    """Manifest rows for one clip's segments, and the segments dropped (segment id -> why);
+    ClipError (files removed) when the whole clip must be skipped."""
     clip_dir = output_dir / "videos" / clip_id
     try:
         timestamps = dataset.frame_timestamps(clip_id, chunk).to_numpy()
@@ -145,9 +152,9 @@ def process_clip(
         video = dataset.video_bytes(clip_id, chunk)
     except MissingClipData as err:
         raise ClipError(str(err)) from None
-    segments = make_segments(timestamps, egomotion)
+    clip = make_segments(timestamps, egomotion)
     try:
-        decoded = _encode_segments(video, segments, output_dir, clip_id, max_width)
+        decoded = _encode_segments(video, clip.segments, output_dir, clip_id, max_width)
         if decoded != len(timestamps):
             raise ClipError(f"video has {decoded} frames but {len(timestamps)} timestamps")
     except (av.error.FFmpegError, ClipError, ValueError) as err:
@@ -155,7 +162,8 @@ def process_clip(
         if isinstance(err, ClipError):
             raise
         raise ClipError(f"video cannot be decoded ({err})") from None
-    return [_manifest_row(clip_id, chunk, seg) for seg in segments]
+    dropped = {segment_id(clip_id, index): why for index, why in clip.dropped.items()}
+    return [_manifest_row(clip_id, chunk, seg) for seg in clip.segments], dropped
 
 
 def _manifest_row(clip_id: str, chunk: int, seg: Segment) -> dict:

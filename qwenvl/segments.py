@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from qwenvl.answer import NUM_PAIRS
-from qwenvl.egomotion import interpolate_motion
+from qwenvl.egomotion import MotionInterpolator
 
 SEGMENT_FRAMES = NUM_PAIRS  # 30 frames: 1 s at 30 FPS
 MIN_CLIP_SECONDS = 2.0
@@ -56,25 +56,44 @@ def segment_starts(timestamps_us: np.ndarray) -> list[int]:
     return starts
 
 
-def make_segments(timestamps_us: np.ndarray, egomotion: pd.DataFrame) -> list[Segment]:
-    """All segments of a clip with observed and next-second (speed, curvature) labels."""
+@dataclass(frozen=True)
+class ClipSegments:
+    """The labelled segments of a clip, and the segments left out with the reason for each."""
+
+    segments: list[Segment]
+    dropped: dict[int, str]  # segment index -> why (e.g. its next second has no egomotion)
+
+
+def make_segments(timestamps_us: np.ndarray, egomotion: pd.DataFrame) -> ClipSegments:
+    """All segments of a clip with observed and next-second (speed, curvature) labels.
+
+    A segment whose frames fall outside the egomotion's time range, or meet NaN in it, is
+    dropped with its reason; the clip fails (ClipError) only when no segment is left.
+    """
     t = check_timestamps(timestamps_us)
     if egomotion.empty:
         raise ClipError("egomotion is empty")
     ego_t = egomotion["timestamp"].to_numpy(dtype=np.float64)
     if not np.isfinite(ego_t).all() or np.any(np.diff(ego_t) <= 0):
         raise ClipError("egomotion timestamps are NaN or not strictly increasing")
-    segments = []
+    try:
+        motion = MotionInterpolator(egomotion)
+    except (KeyError, ValueError) as err:
+        raise ClipError(f"egomotion cannot be read ({err})") from None
+    segments, dropped = [], {}
     for index, start in enumerate(segment_starts(t)):
         frames = np.arange(start, start + SEGMENT_FRAMES)
         try:
-            observed = interpolate_motion(egomotion, t[frames])
-            future = interpolate_motion(egomotion, t[frames + SEGMENT_FRAMES])
+            observed = motion(t[frames])
+            future = motion(t[frames + SEGMENT_FRAMES])
         except ValueError as err:
-            raise ClipError(str(err)) from None
+            dropped[index] = str(err)
+            continue
         if not (np.isfinite(observed).all() and np.isfinite(future).all()):
-            raise ClipError(f"egomotion has NaN values around segment {index}")
+            dropped[index] = "egomotion has NaN values in this segment"
+            continue
         segments.append(Segment(index, frames, t[frames], observed, future))
     if not segments:
-        raise ClipError("no complete segment")
-    return segments
+        first = next(iter(dropped.values()), "the clip holds no 2 s of frames")
+        raise ClipError(f"no complete segment ({first})")
+    return ClipSegments(segments, dropped)

@@ -8,8 +8,11 @@ import numpy as np
 import pandas as pd
 
 from qwenvl.answer import PROMPT, AnswerFormat
+from qwenvl.prep import segment_id
 
 SPLITS = ("train", "validation", "test")
+# The dataset's official split names (clip_index.parquet's `split`) -> ours.
+OFFICIAL_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 
 def split_clips(
@@ -53,7 +56,7 @@ def chat_row(row: pd.Series, video_path: str, answer_format: AnswerFormat) -> di
         },
     ]
     return {
-        "id": f"{row['clip_id']}_seg{int(row['segment_index']):02d}",
+        "id": segment_id(row["clip_id"], int(row["segment_index"])),
         "clip_id": row["clip_id"],
         "segment_index": int(row["segment_index"]),
         "video": video_path,
@@ -67,16 +70,29 @@ def chat_row(row: pd.Series, video_path: str, answer_format: AnswerFormat) -> di
     }
 
 
+def official_assignment(labels: pd.Series) -> dict[str, str]:
+    """clip_id -> our split name from the dataset's official labels (train / val / test).
+
+    ValueError names a clip without a label or with a label outside the three.
+    """
+    assignment = {}
+    for clip_id, label in labels.items():
+        if label is None or (isinstance(label, float) and np.isnan(label)):
+            raise ValueError(f"clip {clip_id} has no official split")
+        if label not in OFFICIAL_SPLITS:
+            raise ValueError(f"clip {clip_id}: unknown split '{label}' (expected train/val/test)")
+        assignment[str(clip_id)] = OFFICIAL_SPLITS[label]
+    return assignment
+
+
 def build_split_rows(
     manifest: pd.DataFrame,
     segments_dir: Path,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
+    assignment: dict[str, str],
     answer_format: AnswerFormat,
 ) -> dict[str, list[dict]]:
-    """Rows per split; video paths are absolute so the dataset can be read from anywhere."""
-    assignment = split_clips(manifest["clip_id"].tolist(), val_fraction, test_fraction, seed)
+    """Rows per split (clip_id -> split in `assignment`); video paths are absolute so the
+    dataset can be read from anywhere."""
     rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for _, row in manifest.iterrows():
         video = str((segments_dir / row["video"]).resolve())

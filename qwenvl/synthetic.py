@@ -22,8 +22,16 @@ from qwenvl import rawdata
 from qwenvl.egomotion import EGOMOTION_COLUMNS, quaternion_from_yaw, yaw_from_quaternion
 
 FPS = 30
-EGO_PERIOD_US = 10_000  # ~100 Hz, like the real egomotion labels
+# Timing of a real front-wide clip: 605 frames over a nominal 20 s, the first about 14 ms
+# before the clip clock's zero; egomotion every ~10 ms from -0.2 s to 0.2 s past the nominal
+# end, then every 70-80 ms out to ~13 s beyond it.
+FIRST_FRAME_US = -14_000
+EXTRA_FRAMES = 5
+EGO_PERIOD_US = 10_000
 EGO_JITTER_US = 200
+EGO_DENSE_MARGIN_US = 200_000
+EGO_SPARSE_PERIOD_US = (70_000, 80_000)
+EGO_SPARSE_SPAN_US = 13_000_000
 CAMERA_JITTER_US = 1_500
 FINE_STEP_US = 1_000  # integration grid: fine enough that trapezoid error is sub-millimetre
 MAX_SPEED = 20.0
@@ -40,14 +48,10 @@ TILE_M = TEXEL_M * TEXTURE_SIZE
 MIP_LEVELS = 6
 SKY_TOP = (70, 120, 190)
 SKY_HORIZON = (190, 205, 220)
-CALIBRATION_DIR = "calibration/camera_intrinsics"
+
+_BOX_COLUMNS = {"timestamp": "int64", **dict.fromkeys(("x0", "y0", "x1", "y1"), "float32")}
 
 TimeFn = Callable[[np.ndarray], np.ndarray]  # seconds -> value, vectorised
-
-
-def calibration_path(chunk: int) -> str:
-    """Dataset-relative path of one chunk's camera-intrinsics parquet."""
-    return f"{CALIBRATION_DIR}/camera_intrinsics.{rawdata.chunk_name(chunk)}.parquet"
 
 
 # --------------------------------------------------------------------------- motion profile
@@ -221,25 +225,32 @@ def interpolate_pose(egomotion: pd.DataFrame, timestamps_us: np.ndarray) -> np.n
     return np.stack([np.interp(t, ego_t, c) for c in columns], axis=-1)
 
 
-def camera_timestamps(rng: np.random.Generator, num_frames: int, fps: int = FPS) -> np.ndarray:
-    """int64 µs: frame i at round(i * 1e6 / fps) plus up to ±1.5 ms jitter; frame 0 at 0."""
-    nominal = np.round(np.arange(num_frames) * (1e6 / fps)).astype(np.int64)
+def camera_timestamps(rng: np.random.Generator, clip_seconds: float, fps: int = FPS) -> np.ndarray:
+    """int64 µs of a clip's frames: frame i at about -14 ms + i / fps, ±1.5 ms of jitter, and
+    5 frames past the nominal length (605 for 20 s), as the real camera timestamps run."""
+    num_frames = round(clip_seconds * fps) + EXTRA_FRAMES
+    nominal = FIRST_FRAME_US + np.round(np.arange(num_frames) * (1e6 / fps)).astype(np.int64)
     jitter = rng.integers(-CAMERA_JITTER_US, CAMERA_JITTER_US + 1, size=num_frames)
-    jitter[0] = 0
     return nominal + jitter
 
 
-def egomotion_timestamps(rng: np.random.Generator, frame_timestamps_us: np.ndarray) -> np.ndarray:
-    """int64 µs at ~100 Hz with jitter, from a little before 0 to a little after the last frame.
+def egomotion_timestamps(
+    rng: np.random.Generator, clip_seconds: float, frame_timestamps_us: np.ndarray
+) -> np.ndarray:
+    """int64 µs: ~100 Hz with jitter from about -0.2 s to 0.2 s past the nominal end, then a
+    sparse tail (every 70-80 ms) out to ~13 s beyond it, as in the real egomotion labels.
 
-    The grid has a random phase and never hits a frame timestamp exactly, so consumers must
-    interpolate, as with the real data.
+    The grid has a random phase and never hits a frame exactly, so consumers must interpolate.
     """
-    start = -int(rng.integers(20_000, 60_000))
-    end = int(frame_timestamps_us[-1]) + int(rng.integers(30_000, 60_000))
-    count = (end - start) // EGO_PERIOD_US + 1
+    end_us = round(clip_seconds * 1e6)
+    start = -EGO_DENSE_MARGIN_US - int(rng.integers(0, EGO_PERIOD_US))
+    count = (end_us + EGO_DENSE_MARGIN_US - start) // EGO_PERIOD_US + 1
     jitter = rng.integers(-EGO_JITTER_US, EGO_JITTER_US + 1, size=count)
-    ts = start + EGO_PERIOD_US * np.arange(count, dtype=np.int64) + jitter
+    dense = start + EGO_PERIOD_US * np.arange(count, dtype=np.int64) + jitter
+    gaps = rng.integers(*EGO_SPARSE_PERIOD_US, size=EGO_SPARSE_SPAN_US // EGO_SPARSE_PERIOD_US[0])
+    sparse = dense[-1] + np.cumsum(gaps)
+    sparse = sparse[sparse <= end_us + EGO_SPARSE_SPAN_US]
+    ts = np.concatenate([dense, sparse])
     ts[np.isin(ts, frame_timestamps_us)] += 1
     return ts
 
@@ -447,8 +458,8 @@ def make_clip(
     """Clip `index` of the dataset drawn from `seed`: id, frame times, egomotion and mp4 bytes."""
     id_rng, time_rng, motion_rng, texture_rng = _clip_rngs(seed, index)
     clip_id = str(uuid.UUID(bytes=id_rng.bytes(16), version=4))
-    frames = camera_timestamps(time_rng, round(clip_seconds * FPS))
-    ego_ts = egomotion_timestamps(time_rng, frames)
+    frames = camera_timestamps(time_rng, clip_seconds)
+    ego_ts = egomotion_timestamps(time_rng, clip_seconds, frames)
     profile = profile or random_profile(motion_rng, float(clip_seconds))
     egomotion = synthesize_egomotion(ego_ts, profile.speed, profile.curvature)
     renderer = GroundRenderer(width, height, ground_texture(texture_rng))
@@ -481,16 +492,24 @@ def _write_member(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
 
 
 def _calibration(clip_ids: list[str], camera: Pinhole) -> pd.DataFrame:
+    """Camera intrinsics indexed by (clip_id, sensor), as the calibration parquets are."""
     n = len(clip_ids)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "clip_id": clip_ids,
-            "camera_name": [rawdata.DEFAULT_CAMERA] * n,
+            "sensor": [rawdata.DEFAULT_CAMERA] * n,
             "width": np.full(n, camera.width, np.int64),
             "height": np.full(n, camera.height, np.int64),
             **{k: np.full(n, getattr(camera, k), np.float64) for k in ("fx", "fy", "cx", "cy")},
         }
     )
+    return table.set_index(["clip_id", "sensor"])
+
+
+# No faces or plates in a rendered ground plane: the blur boxes table is empty.
+_BLURRED_BOXES = pd.DataFrame(
+    {name: pd.Series(dtype=dtype) for name, dtype in _BOX_COLUMNS.items()}
+)
 
 
 @dataclass(frozen=True)
@@ -502,27 +521,37 @@ class _Spec:
     profile: MotionProfile | None
 
 
-def _write_chunk(root: Path, chunk: int, indices: range, spec: _Spec, bar: tqdm) -> list[str]:
+def _write_chunk(
+    dataset: rawdata.RawDataset, chunk: int, indices: range, spec: _Spec, bar: tqdm
+) -> list[str]:
     """Write one chunk's camera zip, egomotion zip and calibration; return its clip ids."""
-    camera = rawdata.DEFAULT_CAMERA
+    camera = dataset.camera
+    root = dataset.root
     clip_ids: list[str] = []
-    camera_path = root / rawdata.camera_zip(camera, chunk)
-    ego_path = root / rawdata.egomotion_zip(chunk)
+    camera_path = root / dataset.chunk_file(camera, chunk)
+    ego_path = root / dataset.chunk_file(rawdata.EGOMOTION, chunk)
     with _atomic_path(camera_path) as camera_tmp, _atomic_path(ego_path) as ego_tmp:
         with zipfile.ZipFile(camera_tmp, "w") as cams, zipfile.ZipFile(ego_tmp, "w") as egos:
             for index in indices:
                 clip = make_clip(
                     spec.seed, index, spec.clip_seconds, spec.width, spec.height, spec.profile
                 )
-                stamps = _parquet_bytes(pd.DataFrame({"timestamp": clip.frame_timestamps}))
-                _write_member(cams, rawdata.video_member(clip.clip_id, camera), clip.video)
-                _write_member(cams, rawdata.timestamps_member(clip.clip_id, camera), stamps)
-                ego = _parquet_bytes(clip.egomotion)
-                _write_member(egos, rawdata.egomotion_member(clip.clip_id), ego)
+                members = {
+                    "video": clip.video,
+                    "frame_timestamps": _parquet_bytes(
+                        pd.DataFrame({"timestamp": clip.frame_timestamps})
+                    ),
+                    "blurred_boxes": _parquet_bytes(_BLURRED_BOXES),
+                }
+                for alias, data in members.items():
+                    _write_member(cams, dataset.member(camera, clip.clip_id, alias), data)
+                ego_member = dataset.member(rawdata.EGOMOTION, clip.clip_id, rawdata.EGOMOTION)
+                _write_member(egos, ego_member, _parquet_bytes(clip.egomotion))
                 clip_ids.append(clip.clip_id)
                 bar.update()
-    with _atomic_path(root / calibration_path(chunk)) as tmp:
-        _calibration(clip_ids, pinhole(spec.width, spec.height)).to_parquet(tmp, index=False)
+    intrinsics = root / dataset.chunk_file("camera_intrinsics", chunk)
+    with _atomic_path(intrinsics) as tmp:
+        _calibration(clip_ids, pinhole(spec.width, spec.height)).to_parquet(tmp)
     return clip_ids
 
 
@@ -546,6 +575,32 @@ class SyntheticDataset:
     files: list[Path]
 
 
+def _official_splits(clip_ids: list[str], val_fraction: float, test_fraction: float, seed: int):
+    """The index's `split` column: train / val / test by clip, as the real index names them."""
+    from qwenvl.splits import OFFICIAL_SPLITS, split_clips
+
+    official_name = {ours: official for official, ours in OFFICIAL_SPLITS.items()}
+    assignment = split_clips(clip_ids, val_fraction, test_fraction, seed)
+    return [official_name[assignment[c]] for c in clip_ids]
+
+
+def _write_metadata(root: Path, index: pd.DataFrame, features: list[str]) -> list[str]:
+    """The presence table (the features written here present) and the data collection table."""
+    written_features = (rawdata.DEFAULT_CAMERA, rawdata.EGOMOTION, "camera_intrinsics")
+    presence = pd.DataFrame(
+        {feature: feature in written_features for feature in features}, index=index.index
+    )
+    collection = pd.DataFrame(
+        {"country": "synthetic", "hour_of_day": np.int64(12), "platform_class": "synthetic"},
+        index=index.index,
+    )
+    written = [rawdata.FEATURE_PRESENCE[0], rawdata.DATA_COLLECTION]
+    for name, table in zip(written, (presence, collection), strict=True):
+        with _atomic_path(root / name) as tmp:
+            table.to_parquet(tmp)
+    return written
+
+
 def write_synthetic_dataset(
     output_dir: str | Path,
     num_clips: int,
@@ -556,28 +611,45 @@ def write_synthetic_dataset(
     chunk_size: int = 4,
     profile: MotionProfile | None = None,
     progress: bool = True,
+    val_fraction: float = 0.125,
+    test_fraction: float = 0.25,
 ) -> SyntheticDataset:
-    """Write `num_clips` synthetic clips in the raw dataset layout that qwenvl.rawdata reads.
+    """Write `num_clips` synthetic clips in the dataset's layout (DESIGN.md, "Raw data contract").
 
-    `profile` drives every clip with one fixed motion; by default each clip draws its own
-    random profile. The same arguments give identical labels and identical decoded frames.
+    The index carries an official-style `split` by clip (fractions and seed as given) and
+    `clip_is_valid` True. `profile` drives every clip with one fixed motion; by default each
+    clip draws its own random profile. The same arguments give identical labels and frames.
     """
     _check_arguments(num_clips, clip_seconds, width, height, chunk_size)
     root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    features = rawdata.default_features((rawdata.DEFAULT_CAMERA,))
+    rawdata.write_features_csv(features, root / rawdata.FEATURES_CSV)
+    dataset = rawdata.RawDataset(root)  # names every file from the features.csv just written
     spec = _Spec(seed, clip_seconds, width, height, profile)
     clip_ids: list[str] = []
     chunks: list[int] = []
     with tqdm(total=num_clips, desc="synthetic clips", unit="clip", disable=not progress) as bar:
         for chunk, start in enumerate(range(0, num_clips, chunk_size)):
             indices = range(start, min(start + chunk_size, num_clips))
-            ids = _write_chunk(root, chunk, indices, spec, bar)
+            ids = _write_chunk(dataset, chunk, indices, spec, bar)
             clip_ids += ids
             chunks += [chunk] * len(ids)
-    index = pd.DataFrame({"clip_id": clip_ids, "chunk": np.array(chunks, dtype=np.int64)})
+    index = pd.DataFrame(
+        {
+            "chunk": np.array(chunks, dtype=np.int64),
+            "split": _official_splits(clip_ids, val_fraction, test_fraction, seed),
+            "clip_is_valid": np.ones(len(clip_ids), dtype=bool),
+        },
+        index=pd.Index(clip_ids, name="clip_id"),
+    )
+    files = [rawdata.FEATURES_CSV, *_write_metadata(root, index, list(features.index))]
     with _atomic_path(root / rawdata.CLIP_INDEX) as tmp:
-        index.to_parquet(tmp, index=False)
-    files = [rawdata.CLIP_INDEX]
+        index.to_parquet(tmp)
+    files.append(rawdata.CLIP_INDEX)
     for chunk in sorted(set(chunks)):
-        camera_zip = rawdata.camera_zip(rawdata.DEFAULT_CAMERA, chunk)
-        files += [camera_zip, rawdata.egomotion_zip(chunk), calibration_path(chunk)]
+        files += [
+            dataset.chunk_file(feature, chunk)
+            for feature in (rawdata.DEFAULT_CAMERA, rawdata.EGOMOTION, "camera_intrinsics")
+        ]
     return SyntheticDataset(root, index, [root / f for f in files])

@@ -112,7 +112,7 @@ def bench_prep(work: Path, repeats: int, resolutions: str) -> dict:
         if not root.exists():
             write_synthetic_dataset(root, 1, clip_seconds=20, width=width, height=height, seed=0)
         dataset = RawDataset(root)
-        clip_id, chunk = dataset.clip_index.iloc[0]
+        clip_id, chunk = dataset.clip_index.index[0], int(dataset.clip_index["chunk"].iloc[0])
         video = dataset.video_bytes(clip_id, chunk)
         source = work / f"source_{size}.mp4"
         source.write_bytes(video)
@@ -183,6 +183,8 @@ def build_inputs(work: Path, model_path: str | None) -> tuple[str, Path]:
                 work / "seg",
                 "--output-dir",
                 work / "hf",
+                "--split",
+                "by-clip",
                 "--val-fraction",
                 "0",
                 "--test-fraction",

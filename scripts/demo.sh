@@ -29,9 +29,9 @@ step "3/8 1-second segments with next-second labels"
 "$PYTHON" scripts/prepare_video_segments.py --data-dir "$DEMO_DIR/physical_ai_data" \
   --output-dir "$DEMO_DIR/qwen_video_segments" --workers 2
 
-step "4/8 Hugging Face dataset split by clip, then the training JSON"
+step "4/8 Hugging Face dataset in the official train/val/test split of the clip index, then the training JSON"
 "$PYTHON" scripts/prepare_huggingface_dataset.py --segments-dir "$DEMO_DIR/qwen_video_segments" \
-  --output-dir "$DEMO_DIR/qwen_video_dataset" --val-fraction 0.125 --test-fraction 0.25
+  --output-dir "$DEMO_DIR/qwen_video_dataset"
 "$PYTHON" scripts/convert_to_training_format.py --input-dir "$DEMO_DIR/qwen_video_dataset" \
   --output-dir "$DEMO_DIR/qwen_video_dataset_training"
 

@@ -1,20 +1,28 @@
 #!/usr/bin/env python
-"""Download chunks of NVIDIA's PhysicalAI Autonomous Vehicles dataset from the Hugging Face hub.
+"""Download chunks of NVIDIA's PhysicalAI Autonomous Vehicles dataset with NVIDIA's devkit.
 
-Fetches camera, egomotion, calibration and metadata files of the given chunks, keeping the
-dataset's own paths. Resumable: files already complete are skipped, partial ones resumed.
+Fetches the front camera (or --cameras), the egomotion and, with --calibration, the calibration
+of the given chunks, plus features.csv, clip_index.parquet and the metadata, under the dataset's
+own paths (`physical_ai_av`'s PhysicalAIAVDatasetInterface does the work). The dataset revision
+is pinned: the commit resolved by the first download is recorded in dataset_revision.json and
+later downloads into the same folder keep to it, so chunks added later match the first ones
+(--revision to choose another). Resumable: complete files are skipped.
 The dataset is gated: accept its licence on the hub and log in (`hf auth login` or HF_TOKEN).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
+from pathlib import Path
 
-from qwenvl.cli import UserError, cli_main
-from qwenvl.rawdata import DEFAULT_CAMERA, HF_REPO_ID, camera_zip, chunk_name, egomotion_zip
+from qwenvl.cli import UserError, atomic_write_text, cli_main
+from qwenvl.rawdata import CALIBRATION_FEATURES, DEFAULT_CAMERA, EGOMOTION, HF_REPO_ID
+
+REVISION_FILE = "dataset_revision.json"
 
 # Fail fast instead of hanging when the hub is unreachable.
 os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
@@ -31,9 +39,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cameras to fetch (default: %(default)s)",
     )
     parser.add_argument(
+        "--calibration",
+        action="store_true",
+        help="also fetch the calibration (camera intrinsics, extrinsics, vehicle dimensions)",
+    )
+    parser.add_argument(
         "--output-dir",
         default="physical_ai_data",
         help="dataset root to write (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--revision",
+        help=f"dataset branch, tag or commit (default: the one in {REVISION_FILE}, else the "
+        "newest)",
     )
     parser.add_argument(
         "--repo-id", default=HF_REPO_ID, help="dataset repository (default: %(default)s)"
@@ -48,18 +66,89 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def allow_patterns(chunks: list[int], cameras: list[str]) -> list[str]:
-    """Repository paths (glob patterns) to fetch for these chunks and cameras."""
-    patterns = ["metadata/*"]
-    for chunk in chunks:
-        patterns += [camera_zip(camera, chunk) for camera in cameras]
-        patterns += [egomotion_zip(chunk), f"calibration/*{chunk_name(chunk)}*"]
-    return patterns
+def recorded_revision(output_dir: Path) -> str | None:
+    path = output_dir / REVISION_FILE
+    return json.loads(path.read_text())["revision"] if path.is_file() else None
+
+
+def open_dataset(args: argparse.Namespace, revision: str | None):
+    """The devkit's view of the dataset at `revision` (None: newest); it downloads
+    features.csv, clip_index.parquet and metadata/ into the output folder."""
+    from physical_ai_av import PhysicalAIAVDatasetInterface
+
+    return PhysicalAIAVDatasetInterface(
+        revision,
+        repo_id=args.repo_id,
+        local_dir=args.output_dir,
+        # Never an interactive prompt: the size is printed before the download instead.
+        confirm_download_threshold_gb=float("inf"),
+    )
+
+
+def wanted_features(dataset, args: argparse.Namespace) -> list[str]:
+    """Feature names to fetch, checked against the dataset's features.csv."""
+    cameras = dataset.features.CAMERA.ALL
+    unknown = [c for c in args.cameras if c not in cameras]
+    if unknown:
+        known = ", ".join(sorted(cameras))
+        raise UserError(f"unknown camera {unknown[0]}; the dataset has: {known}")
+    features = [*args.cameras, EGOMOTION]
+    if args.calibration:
+        features += [f for f in CALIBRATION_FEATURES if f in dataset.features.ALL]
+    return features
+
+
+def chunk_files(dataset, chunks: list[int], features: list[str]) -> list[str]:
+    """Repository paths of those chunks' files, as the devkit's templates name them (a feature
+    the presence table marks absent for a chunk has no file)."""
+    known = set(dataset.clip_index["chunk"].unique().tolist())
+    unknown = [c for c in chunks if c not in known]
+    if unknown:
+        raise UserError(f"unknown chunk {unknown[0]:04d}; the dataset has chunks 0..{max(known)}")
+    presence = dataset.chunk_feature_presence
+    return [
+        dataset.features.get_chunk_feature_filename(chunk, feature)
+        for chunk in chunks
+        for feature in features
+        if feature not in presence.columns or presence.at[chunk, feature]
+    ]
+
+
+def download(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """Resolve the revision, fetch the chunks; (commit, files)."""
+    output_dir = Path(args.output_dir)
+    pinned = recorded_revision(output_dir)
+    dataset = open_dataset(args, args.revision or pinned)
+    if pinned and dataset.revision != pinned:
+        print(
+            f"note: {output_dir} held revision {pinned}; now {dataset.revision} "
+            "(chunks downloaded before keep the old one)",
+            file=sys.stderr,
+        )
+    record = {"repo_id": args.repo_id, "revision": dataset.revision}
+    atomic_write_text(output_dir / REVISION_FILE, json.dumps(record, indent=2) + "\n")
+    chunks = sorted({int(c) for c in args.chunks})
+    features = wanted_features(dataset, args)
+    files = chunk_files(dataset, chunks, features)
+    sizes = dataset.api.get_paths_info(paths=files, **dataset.repo_snapshot_info)
+    total = sum(info.size for info in sizes)
+    print(
+        f"{args.repo_id}@{dataset.revision[:12]}: {len(files)} files of chunks "
+        f"{', '.join(f'{c:04d}' for c in chunks)}, {total / 1024**3:.2f} GB",
+        flush=True,
+    )
+    dataset.download_chunk_features(chunks, features, max_workers=args.max_workers)
+    return dataset.revision, files
 
 
 def run(args: argparse.Namespace) -> int:
-    from huggingface_hub import constants, get_token, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if constants.HF_HUB_OFFLINE:
         raise UserError(f"{args.repo_id}: the Hugging Face hub is set offline (HF_HUB_OFFLINE)")
@@ -67,23 +156,24 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"{args.repo_id}: no Hugging Face token; run `hf auth login` or set HF_TOKEN"
         )
-    patterns = allow_patterns([int(c) for c in args.chunks], args.cameras)
     try:
-        path = snapshot_download(
-            repo_id=args.repo_id,
-            repo_type="dataset",
-            local_dir=args.output_dir,
-            allow_patterns=patterns,
-            max_workers=args.max_workers,
-        )
+        revision, files = download(args)
     except GatedRepoError:
         raise UserError(
             f"{args.repo_id}: access denied; accept the dataset licence on the hub"
         ) from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
-        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+    except RevisionNotFoundError:
+        raise UserError(f"{args.repo_id}: no revision '{args.revision}'") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{args.repo_id}: repository not found (or no access)") from None
+    except (UserError, KeyboardInterrupt):
+        raise
+    except OfflineModeIsEnabled as err:
+        raise UserError(f"{args.repo_id}: offline ({err})") from None
+    except Exception as err:  # network and hub failures come in many types; one line each
+        cause = f"{type(err).__name__}: {str(err).splitlines()[0]}" if str(err) else repr(err)
         raise UserError(f"{args.repo_id}: download failed ({cause})") from None
-    print(f"chunks {' '.join(args.chunks)} of {args.repo_id} are complete in {path}")
+    print(f"{len(files)} files at revision {revision} are complete in {args.output_dir}")
     return 0
 
 

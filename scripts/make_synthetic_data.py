@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Write synthetic driving clips in the PhysicalAI-AV raw layout (for tests and the demo).
 
-Each clip has a smooth random ego motion (unicycle model) and a rendered front-camera video
-of a textured ground plane seen from that motion. The output is built in a hidden sibling
+The layout is the real dataset's (root clip_index.parquet with an official-style split,
+features.csv, metadata/, camera and egomotion chunk zips, calibration), and so is the timing:
+605 frames per 20 s from about -14 ms, egomotion at 100 Hz with a sparse tail. Each clip has a
+smooth random ego motion (unicycle model) and a rendered front-camera video of a textured
+ground plane seen from that motion. The output is built in a hidden sibling
 directory and renamed into place at the end, so an interrupted run leaves no dataset behind.
 """
 
@@ -31,6 +34,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seed", type=int, default=0, help="random seed; same seed, same dataset (default 0)"
     )
     parser.add_argument("--chunk-size", type=int, default=4, help="clips per chunk zip (default 4)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.125,
+        help="share of clips the index marks 'val' (default 0.125)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.25,
+        help="share of clips the index marks 'test' (default 0.25)",
+    )
     parser.add_argument(
         "--overwrite-output",
         action="store_true",
@@ -76,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             chunk_size=args.chunk_size,
             progress=not args.no_progress,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
         )
         move_into_place(staging, output_dir)
     except (ValueError, OSError) as error:

@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Turn the segment manifest into a Hugging Face DatasetDict split train/validation/test by clip.
 
-Each row holds a chat `messages` list (user: the video with its fps and the prompt; assistant:
-the answer text) plus the numeric labels used by evaluation and the baselines.
+The split is the dataset's official one by default (the clip index's `split`, or
+splits/<name>.parquet with --split-name); --split by-clip draws a seeded split by clip for data
+without one. Each row holds a chat `messages` list (user: the video with its fps and the
+prompt; assistant: the answer text) plus the numeric labels used by evaluation and baselines.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -17,7 +20,9 @@ from tqdm import tqdm
 
 from qwenvl.answer import AnswerFormat
 from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, cli_main
-from qwenvl.splits import SPLITS, build_split_rows
+from qwenvl.prep import SOURCE
+from qwenvl.rawdata import read_split_labels
+from qwenvl.splits import SPLITS, build_split_rows, official_assignment, split_clips
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,19 +30,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--segments-dir", required=True, help="output of prepare_video_segments.py")
     parser.add_argument("--output-dir", required=True, help="where the DatasetDict is saved")
     parser.add_argument(
+        "--split",
+        choices=["official", "by-clip"],
+        default="official",
+        help="official: the dataset's own train/val/test; by-clip: a seeded split by clip, "
+        "for data without one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--split-name",
+        help="official split from splits/<NAME>.parquet of the dataset instead of the index's",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="dataset root holding splits/ (default: the one the segments were cut from)",
+    )
+    parser.add_argument(
         "--val-fraction",
         type=float,
         default=0.1,
-        help="share of clips for validation (default: %(default)s)",
+        help="by-clip: share of clips for validation (default: %(default)s)",
     )
     parser.add_argument(
         "--test-fraction",
         type=float,
         default=0.1,
-        help="share of clips for test (default: %(default)s)",
+        help="by-clip: share of clips for test (default: %(default)s)",
     )
     parser.add_argument(
-        "--seed", type=int, default=42, help="seed of the clip split (default: %(default)s)"
+        "--seed", type=int, default=42, help="by-clip: seed of the split (default: %(default)s)"
     )
     parser.add_argument(
         "--velocity-decimals",
@@ -59,7 +79,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--val-fraction and --test-fraction must lie in [0, 1)")
     if args.val_fraction + args.test_fraction >= 1:
         parser.error("--val-fraction + --test-fraction must leave clips for training")
+    if args.split_name and args.split != "official":
+        parser.error("--split-name picks an official split: drop --split by-clip")
     return args
+
+
+def official_labels(args: argparse.Namespace, manifest: pd.DataFrame) -> tuple[pd.Series, str]:
+    """clip_id -> official split label, and where it came from."""
+    clips = manifest.drop_duplicates("clip_id").set_index("clip_id")
+    if args.split_name:
+        data_dir = args.data_dir
+        source = Path(args.segments_dir) / SOURCE
+        if data_dir is None and source.is_file():
+            data_dir = json.loads(source.read_text())["data_dir"]
+        if data_dir is None:
+            raise UserError(f"{args.segments_dir}: no {SOURCE}; pass --data-dir")
+        try:
+            labels = read_split_labels(Path(data_dir), args.split_name)
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            raise UserError(str(err).splitlines()[0]) from None
+        return labels.reindex(clips.index), f"official, splits/{args.split_name}.parquet"
+    if "split" not in clips.columns or clips["split"].isna().all():
+        raise UserError(
+            f"{args.segments_dir}: the clip index has no official split; use --split by-clip"
+        )
+    return clips["split"], "official, clip_index.parquet"
+
+
+def clip_assignment(args: argparse.Namespace, manifest: pd.DataFrame) -> tuple[dict, str]:
+    """clip_id -> train / validation / test, and a phrase saying how it was decided."""
+    if args.split == "by-clip":
+        clip_ids = manifest["clip_id"].tolist()
+        described = (
+            f"by clip (val {args.val_fraction:g}, test {args.test_fraction:g}, seed {args.seed})"
+        )
+        return split_clips(clip_ids, args.val_fraction, args.test_fraction, args.seed), described
+    labels, described = official_labels(args, manifest)
+    try:
+        return official_assignment(labels), described
+    except ValueError as err:
+        raise UserError(f"{args.segments_dir}: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,9 +132,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(str(err)) from None
     manifest = pd.read_parquet(manifest_path)
-    rows = build_split_rows(
-        manifest, segments_dir, args.val_fraction, args.test_fraction, args.seed, answer_format
-    )
+    assignment, described = clip_assignment(args, manifest)
+    rows = build_split_rows(manifest, segments_dir, assignment, answer_format)
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         splits = {}
         for name in tqdm(SPLITS, desc="building splits", unit="split"):
@@ -87,9 +145,11 @@ def run(args: argparse.Namespace) -> int:
         splits = {name: splits.get(name, empty) for name in SPLITS}
         DatasetDict(splits).save_to_disk(str(tmp), num_shards={name: 1 for name in SPLITS})
         answer_format.save(tmp)
-    counts = ", ".join(f"{name} {len(rows[name])}" for name in SPLITS)
-    clips = ", ".join(f"{name} {len({r['clip_id'] for r in rows[name]})}" for name in SPLITS)
-    print(f"segments: {counts}; clips: {clips} -> {args.output_dir}")
+    counts = ", ".join(
+        f"{name} {len({r['clip_id'] for r in rows[name]})} clips / {len(rows[name])} segments"
+        for name in SPLITS
+    )
+    print(f"split: {described}; {counts} -> {args.output_dir}")
     return 0
 
 

@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Cut downloaded clips into 1-second, 30-frame segments labelled with the next second's motion.
 
-Reads the chunk zips as downloaded (or extracted), decodes each source clip once, writes one
-H.264 mp4 per segment and a manifest.parquet with timestamps and labels.
+Reads the dataset as NVIDIA ships it (root clip_index.parquet, features.csv, the chunk zips as
+downloaded or extracted), processes the valid clips of the chunks present, decodes each clip
+once, and writes one H.264 mp4 per segment, manifest.parquet (timestamps, labels, official
+split), skipped.json (clips left out, with the reason), dropped_segments.json and summary.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -17,8 +20,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from qwenvl.cli import UserError, atomic_output_dir, atomic_write_text, check_output_dir, cli_main
-from qwenvl.prep import process_clip
-from qwenvl.rawdata import DEFAULT_CAMERA, RawDataset
+from qwenvl.prep import SOURCE, process_clip
+from qwenvl.rawdata import DEFAULT_CAMERA, ClipSelection, RawDataset
 from qwenvl.segments import ClipError
 
 MANIFEST = "manifest.parquet"
@@ -27,7 +30,9 @@ MANIFEST = "manifest.parquet"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data-dir", required=True, help="dataset root (holds camera/, labels/, metadata/)"
+        "--data-dir",
+        required=True,
+        help="dataset root (holds clip_index.parquet, features.csv, camera/, labels/)",
     )
     parser.add_argument("--output-dir", required=True, help="where segments and manifest go")
     parser.add_argument(
@@ -57,8 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 _dataset: RawDataset | None = None
 
 
-def _work(task: tuple[str, str, str, int, str, int]) -> tuple[str, list[dict] | str]:
-    """Worker entry: (clip_id, rows) on success, (clip_id, cause) when the clip is skipped."""
+def _work(task: tuple[str, str, str, int, str, int]) -> tuple[str, tuple | str]:
+    """Worker entry: (clip_id, (rows, dropped segments)), or (clip_id, cause) when skipped."""
     global _dataset
     root, camera, clip_id, chunk, output_dir, max_width = task
     if _dataset is None or str(_dataset.root) != root:
@@ -69,41 +74,80 @@ def _work(task: tuple[str, str, str, int, str, int]) -> tuple[str, list[dict] | 
         return clip_id, str(err)
 
 
+def select(dataset: RawDataset) -> ClipSelection:
+    """The clips to process, with a line saying what the index holds beyond them."""
+    try:
+        selection = dataset.select_clips()
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise UserError(str(err).splitlines()[0]) from None
+    chunks = selection.clips["chunk"].nunique()
+    print(
+        f"{len(selection.clips)} clips in {chunks} downloaded chunks; left out: "
+        f"{selection.not_downloaded} index clips in chunks not downloaded, "
+        f"{len(selection.invalid)} invalid (clip_is_valid false), "
+        f"{len(selection.unavailable)} without camera or egomotion"
+    )
+    return selection
+
+
+def segment_all(
+    dataset: RawDataset, selection: ClipSelection, args: argparse.Namespace, tmp: Path
+) -> tuple[list[dict], dict[str, str], dict[str, str]]:
+    """(manifest rows, skipped clip -> why, dropped segment -> why) over a pool of workers."""
+    rows: list[dict] = []
+    skipped: dict[str, str] = dict(selection.unavailable)
+    dropped: dict[str, str] = {}
+    tasks = [
+        (str(dataset.root), args.camera, clip_id, int(chunk), str(tmp), args.max_width)
+        for clip_id, chunk in selection.clips["chunk"].items()
+    ]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        results = pool.map(_work, tasks)
+        for clip_id, result in tqdm(
+            results, total=len(tasks), desc="segmenting clips", unit="clip"
+        ):
+            if isinstance(result, str):
+                skipped[clip_id] = result
+                tqdm.write(f"skipped clip {clip_id}: {result}", file=sys.stderr)
+                continue
+            clip_rows, clip_dropped = result
+            split = selection.clips.at[clip_id, "split"]
+            rows += [{**row, "split": split} for row in clip_rows]
+            dropped.update(clip_dropped)
+    return rows, skipped, dropped
+
+
 def run(args: argparse.Namespace) -> int:
     dataset = RawDataset(Path(args.data_dir), args.camera)
-    try:
-        index = dataset.clip_index
-    except (FileNotFoundError, OSError, ValueError) as err:
-        raise UserError(str(err)) from None
+    selection = select(dataset)
     check_output_dir(args.output_dir, args.overwrite_output)
-    rows: list[dict] = []
-    skipped: dict[str, str] = {}
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
-        tasks = [
-            (str(dataset.root), args.camera, clip_id, int(chunk), str(tmp), args.max_width)
-            for clip_id, chunk in index.itertuples(index=False)
-        ]
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            results = pool.map(_work, tasks)
-            for clip_id, result in tqdm(
-                results, total=len(tasks), desc="segmenting clips", unit="clip"
-            ):
-                if isinstance(result, str):
-                    skipped[clip_id] = result
-                    tqdm.write(f"skipped clip {clip_id}: {result}", file=sys.stderr)
-                else:
-                    rows.extend(result)
+        rows, skipped, dropped = segment_all(dataset, selection, args, tmp)
         if not rows:
             raise UserError(f"{args.data_dir}: no clip produced a segment ({len(skipped)} skipped)")
         manifest = pd.DataFrame(rows).sort_values(["clip_id", "segment_index"], ignore_index=True)
         manifest.to_parquet(tmp / MANIFEST, index=False)
-        atomic_write_text(
-            tmp / "skipped.json", pd.Series(skipped, dtype=str).to_json(indent=2) + "\n"
-        )
-    clips_done = manifest["clip_id"].nunique()
+        summary = {
+            "clips_segmented": int(manifest["clip_id"].nunique()),
+            "segments": len(manifest),
+            "clips_skipped": len(skipped),
+            "segments_dropped": len(dropped),
+            "clips_invalid": len(selection.invalid),
+            "clips_in_chunks_not_downloaded": selection.not_downloaded,
+        }
+        source = {"data_dir": str(dataset.root.resolve()), "camera": args.camera}
+        for name, content in (
+            ("skipped.json", skipped),
+            ("dropped_segments.json", dropped),
+            ("summary.json", summary),
+            (SOURCE, source),
+        ):
+            atomic_write_text(tmp / name, json.dumps(content, indent=2, sort_keys=True) + "\n")
     print(
-        f"{clips_done} clips -> {len(manifest)} segments in {args.output_dir} "
-        f"({len(skipped)} clips skipped)"
+        f"{summary['clips_segmented']} clips -> {len(manifest)} segments in {args.output_dir} "
+        f"({len(skipped)} clips skipped, {len(dropped)} segments dropped, "
+        f"{len(selection.invalid)} invalid clips and {selection.not_downloaded} clips of chunks "
+        "not downloaded left out)"
     )
     return 0
 

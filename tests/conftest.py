@@ -84,18 +84,16 @@ def segments_dir(raw_dataset, tmp_path_factory) -> Path:
     return out
 
 
-def build_training_json(segments: Path, base: Path, val_fraction: str, test_fraction: str) -> Path:
-    """Run the dataset and training-JSON steps on segments; the folder of train/val/test.json."""
+def build_training_json(segments: Path, base: Path, *split_args: str) -> Path:
+    """Run the dataset and training-JSON steps on segments; the folder of train/val/test.json.
+    The split is the clip index's official one unless `split_args` say otherwise."""
     run_script(
         "scripts/prepare_huggingface_dataset.py",
         "--segments-dir",
         str(segments),
         "--output-dir",
         str(base / "hf"),
-        "--val-fraction",
-        val_fraction,
-        "--test-fraction",
-        test_fraction,
+        *split_args,
     )
     run_script(
         "scripts/convert_to_training_format.py",
@@ -109,4 +107,4 @@ def build_training_json(segments: Path, base: Path, val_fraction: str, test_frac
 
 @pytest.fixture(scope="session")
 def training_dir(segments_dir, tmp_path_factory) -> Path:
-    return build_training_json(segments_dir, tmp_path_factory.mktemp("dataset"), "0.25", "0.25")
+    return build_training_json(segments_dir, tmp_path_factory.mktemp("dataset"))

@@ -216,16 +216,17 @@ def test_bad_clip_is_named_skipped_and_the_rest_processed(case, raw_dataset, tmp
     raw = tmp_path / "raw"
     shutil.copytree(raw_dataset, raw)
     ds = rawdata.RawDataset(raw)
-    clip_id, chunk = ds.clip_index.iloc[0]
+    clip_id, chunk = ds.clip_index.index[0], int(ds.clip_index["chunk"].iloc[0])
     what, change, message = BAD_INPUTS[case]
-    camera_zip = raw / rawdata.camera_zip(rawdata.DEFAULT_CAMERA, chunk)
+    camera, ego = ds.camera, rawdata.EGOMOTION
+    camera_zip = raw / ds.chunk_file(camera, chunk)
     if what == "video":
-        member = rawdata.video_member(clip_id, rawdata.DEFAULT_CAMERA)
+        member = ds.member(camera, clip_id, "video")
         _rewrite_member(camera_zip, member, change(ds.video_bytes(clip_id, chunk)))
     elif what == "egomotion":
-        _rewrite_member(raw / rawdata.egomotion_zip(chunk), rawdata.egomotion_member(clip_id), None)
+        _rewrite_member(raw / ds.chunk_file(ego, chunk), ds.member(ego, clip_id, ego), None)
     else:
-        member = rawdata.timestamps_member(clip_id, rawdata.DEFAULT_CAMERA)
+        member = ds.member(camera, clip_id, "frame_timestamps")
         _rewrite_member(camera_zip, member, change(ds.frame_timestamps(clip_id, chunk).to_numpy()))
     result = run_script(
         "scripts/prepare_video_segments.py",
@@ -313,17 +314,3 @@ def test_download_fails_fast_without_a_token(tmp_path):
         check=False,
     )
     assert result.returncode != 0 and "no Hugging Face token" in result.stderr
-
-
-def test_download_patterns_keep_the_dataset_paths():
-    from importlib import util
-
-    spec = util.spec_from_file_location(
-        "download", Path(__file__).parents[1] / "scripts/download_dataset.py"
-    )
-    module = util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    patterns = module.allow_patterns([0, 12], ["camera_front_wide_120fov"])
-    assert "camera/camera_front_wide_120fov/camera_front_wide_120fov.chunk_0012.zip" in patterns
-    assert "labels/egomotion/egomotion.chunk_0000.zip" in patterns
-    assert "metadata/*" in patterns and "calibration/*chunk_0012*" in patterns

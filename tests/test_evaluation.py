@@ -36,7 +36,7 @@ def steady_data(tmp_path_factory) -> Path:
         "--output-dir",
         str(base / "seg"),
     )
-    build_training_json(base / "seg", base, "0", "0.5")
+    build_training_json(base / "seg", base)  # 2 clips: the index puts one in test
     return base
 
 

@@ -18,7 +18,6 @@ from qwenvl import rawdata
 from qwenvl.egomotion import EGOMOTION_COLUMNS, forward_speed, yaw_from_quaternion
 from qwenvl.synthetic import (
     GroundRenderer,
-    calibration_path,
     camera_timestamps,
     constant_profile,
     egomotion_timestamps,
@@ -48,7 +47,7 @@ def decoded_frames(video: bytes) -> list[np.ndarray]:
 def random_clip_egomotion(seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     profile = random_profile(rng, 20.0)
-    stamps = egomotion_timestamps(rng, camera_timestamps(rng, 600))
+    stamps = egomotion_timestamps(rng, 20.0, camera_timestamps(rng, 20.0))
     return synthesize_egomotion(stamps, profile.speed, profile.curvature)
 
 
@@ -102,6 +101,7 @@ def test_curvature_column_is_yaw_rate_over_speed(seed: int):
 @pytest.mark.parametrize("seed", [1, 3])
 def test_velocity_and_acceleration_integrate_to_the_pose(seed: int):
     ego = random_clip_egomotion(seed)
+    ego = ego[ego["timestamp"] <= 20_200_000]  # the 100 Hz part; the sparse tail is too coarse
     t = ego["timestamp"].to_numpy() * 1e-6
     dt = np.diff(t)
     for pos, vel, acc in (("x", "vx", "ax"), ("y", "vy", "ay")):
@@ -129,29 +129,46 @@ def test_random_profiles_stop_reverse_and_turn_both_ways():
     assert max(np.abs(np.diff(s)).max() for s in speeds) < 0.05
 
 
+def _clips(dataset: rawdata.RawDataset):
+    return [(clip_id, int(chunk)) for clip_id, chunk in dataset.clip_index["chunk"].items()]
+
+
 def test_files_have_the_documented_layout_columns_and_dtypes(dataset: rawdata.RawDataset):
-    index = pd.read_parquet(dataset.root / rawdata.CLIP_INDEX)
-    assert list(index.columns) == ["clip_id", "chunk"]
-    assert pd.api.types.is_string_dtype(index["clip_id"]) and index["chunk"].dtype == np.int64
-    assert index["chunk"].tolist() == [0, 0, 1]
+    root = dataset.root
+    # The clip index as NVIDIA ships it: clip_id is the index, not a column.
+    index = pd.read_parquet(root / rawdata.CLIP_INDEX)
+    assert index.index.name == "clip_id" and pd.api.types.is_string_dtype(index.index)
+    assert list(index.columns) == ["chunk", "split", "clip_is_valid"]
+    assert index["chunk"].dtype == np.int64 and index["chunk"].tolist() == [0, 0, 1]
+    assert set(index["split"]) <= {"train", "val", "test"} and index["clip_is_valid"].all()
+    features = pd.read_csv(root / rawdata.FEATURES_CSV, index_col="feature")
+    assert list(features.columns) == ["directory", "chunk_path", "clip_files_in_zip"]
     camera = rawdata.DEFAULT_CAMERA
+    assert features.at[camera, "chunk_path"] == (
+        f"camera/{camera}/{camera}.chunk_{{chunk_id:04d}}.zip"
+    )
+    presence = pd.read_parquet(root / rawdata.FEATURE_PRESENCE[0])
+    assert presence.index.equals(index.index) and presence[camera].all()
+    assert presence["egomotion"].all() and not presence["vehicle_dimensions"].any()
+    assert pd.read_parquet(root / rawdata.DATA_COLLECTION).index.equals(index.index)
     expected = pinhole(160, 96)
     for chunk, clips in index.groupby("chunk"):
-        with zipfile.ZipFile(dataset.root / rawdata.camera_zip(camera, chunk)) as archive:
+        camera_zip = f"camera/{camera}/{camera}.chunk_{chunk:04d}.zip"
+        with zipfile.ZipFile(root / camera_zip) as archive:
             names = {
-                f(clip_id, camera)
-                for clip_id in clips["clip_id"]
-                for f in (rawdata.video_member, rawdata.timestamps_member)
+                f"{clip_id}.{camera}.{suffix}"
+                for clip_id in clips.index
+                for suffix in ("mp4", "timestamps.parquet", "blurred_boxes.parquet")
             }
             assert set(archive.namelist()) == names
-        with zipfile.ZipFile(dataset.root / rawdata.egomotion_zip(chunk)) as archive:
-            assert set(archive.namelist()) == set(clips["clip_id"].map(rawdata.egomotion_member))
-        calibration = pd.read_parquet(dataset.root / calibration_path(chunk))
-        assert list(calibration.columns) == [
-            "clip_id", "camera_name", "width", "height", "fx", "fy", "cx", "cy"
-        ]  # fmt: skip
-        assert calibration["clip_id"].tolist() == clips["clip_id"].tolist()
-        assert (calibration["camera_name"] == camera).all()
+        with zipfile.ZipFile(root / f"labels/egomotion/egomotion.chunk_{chunk:04d}.zip") as archive:
+            assert set(archive.namelist()) == {f"{c}.egomotion.parquet" for c in clips.index}
+        intrinsics = f"calibration/camera_intrinsics/camera_intrinsics.chunk_{chunk:04d}.parquet"
+        calibration = pd.read_parquet(root / intrinsics)
+        assert calibration.index.names == ["clip_id", "sensor"]
+        assert list(calibration.columns) == ["width", "height", "fx", "fy", "cx", "cy"]
+        assert calibration.index.get_level_values("clip_id").tolist() == clips.index.tolist()
+        assert (calibration.index.get_level_values("sensor") == camera).all()
         assert calibration[["width", "height"]].dtypes.tolist() == [np.int64] * 2
         assert calibration.iloc[0][["width", "height"]].tolist() == [160, 96]
         fx = 80 / math.tan(math.radians(50))  # 100 degree horizontal field of view
@@ -161,16 +178,20 @@ def test_files_have_the_documented_layout_columns_and_dtypes(dataset: rawdata.Ra
         assert expected.fx == pytest.approx(fx)
 
 
-def test_egomotion_is_100hz_covers_the_frames_and_is_not_aligned(dataset: rawdata.RawDataset):
-    for clip_id, chunk in dataset.clip_index.itertuples(index=False):
+def test_egomotion_is_100hz_with_a_sparse_tail_and_not_aligned(dataset: rawdata.RawDataset):
+    for clip_id, chunk in _clips(dataset):
         ego = dataset.egomotion(clip_id, chunk)
         assert list(ego.columns) == list(EGOMOTION_COLUMNS)
         assert ego.dtypes.astype(str).to_dict() == EGOMOTION_COLUMNS
         frames = dataset.frame_timestamps(clip_id, chunk).to_numpy()
         stamps = ego["timestamp"].to_numpy()
-        steps = np.diff(stamps)
+        dense = stamps[stamps <= 2_201_000]  # 2 s clips: ~100 Hz from -0.2 s to 2.2 s
+        steps = np.diff(dense)
         assert steps.min() > 9_000 and steps.max() < 11_000 and steps.std() > 0
-        assert stamps[0] < 0 and stamps[-1] > frames[-1]
+        assert -211_000 < dense[0] <= -199_000 and dense[-1] > frames[-1]
+        sparse = np.diff(stamps[stamps >= dense[-1]])
+        assert sparse.min() >= 70_000 and sparse.max() < 80_000
+        assert 2e6 + 12.9e6 < stamps[-1] <= 2e6 + 13e6
         assert not np.isin(frames, stamps).any()
         # Where frames fall between egomotion samples varies: the clocks are not locked.
         j = np.searchsorted(stamps, frames) - 1
@@ -179,14 +200,14 @@ def test_egomotion_is_100hz_covers_the_frames_and_is_not_aligned(dataset: rawdat
 
 
 def test_video_frames_match_the_jittered_timestamps(dataset: rawdata.RawDataset):
-    for clip_id, chunk in dataset.clip_index.itertuples(index=False):
+    for clip_id, chunk in _clips(dataset):
         stamps = dataset.frame_timestamps(clip_id, chunk)
-        assert stamps.dtype == np.int64 and len(stamps) == 60
+        assert stamps.dtype == np.int64 and len(stamps) == 65  # 2 s at 30 FPS + 5
         frames = decoded_frames(dataset.video_bytes(clip_id, chunk))
         assert len(frames) == len(stamps)
         assert frames[0].shape == (96, 160, 3)
-        offsets = stamps.to_numpy() - np.arange(len(stamps)) * 1e6 / 30
-        assert stamps.iloc[0] == 0 and np.abs(offsets).max() <= 2_000 and offsets.std() > 300
+        offsets = stamps.to_numpy() - (np.arange(len(stamps)) * 1e6 / 30 - 14_000)
+        assert np.abs(offsets).max() <= 2_000 and offsets.std() > 300
         assert (np.diff(stamps) > 0).all()
         with av.open(io.BytesIO(dataset.video_bytes(clip_id, chunk))) as container:
             stream = container.streams.video[0]
@@ -194,10 +215,11 @@ def test_video_frames_match_the_jittered_timestamps(dataset: rawdata.RawDataset)
             assert stream.codec_context.pix_fmt == "yuv420p"
 
 
-def test_twenty_second_clip_has_600_frames_within_2ms_of_nominal():
-    stamps = camera_timestamps(np.random.default_rng(0), 20 * 30)
-    assert len(stamps) == 600 and stamps.dtype == np.int64 and stamps[0] == 0
-    assert np.abs(stamps - np.round(np.arange(600) * 1e6 / 30)).max() <= 1_500
+def test_twenty_second_clip_has_605_frames_from_about_minus_14_ms():
+    stamps = camera_timestamps(np.random.default_rng(0), 20)
+    assert len(stamps) == 605 and stamps.dtype == np.int64
+    assert -15_500 <= stamps[0] <= -12_500 and 20.1e6 < stamps[-1] < 20.14e6
+    assert np.abs(stamps - (np.round(np.arange(605) * 1e6 / 30) - 14_000)).max() <= 1_500
     assert (np.diff(stamps) > 0).all()
 
 
@@ -216,11 +238,11 @@ def test_renderer_sees_a_world_fixed_ground():
 def test_same_seed_same_data_other_seed_other_data(dataset: rawdata.RawDataset, tmp_path: Path):
     write_synthetic_dataset(tmp_path / "same", num_clips=1, seed=7, **SMALL)
     write_synthetic_dataset(tmp_path / "other", num_clips=1, seed=8, **SMALL)
-    clip_id, chunk = dataset.clip_index.iloc[0]
-    first = rawdata.RawDataset(tmp_path / "same").clip_index.iloc[0]
+    clip_id, chunk = _clips(dataset)[0]
+    first = rawdata.RawDataset(tmp_path / "same").clip_index.index[0]
     clips = {name: rawdata.RawDataset(tmp_path / name) for name in ("same", "other")}
-    other_id = clips["other"].clip_index.iloc[0]["clip_id"]
-    assert first["clip_id"] == clip_id != other_id
+    other_id = clips["other"].clip_index.index[0]
+    assert first == clip_id != other_id
     ego = dataset.egomotion(clip_id, chunk)
     pd.testing.assert_frame_equal(clips["same"].egomotion(clip_id, 0), ego)
     assert not clips["other"].egomotion(other_id, 0)["x"].equals(ego["x"])
