@@ -16,9 +16,12 @@ LORA_R="${LORA_R:-64}"
 LORA_ALPHA="${LORA_ALPHA:-128}"
 LORA_DROPOUT="${LORA_DROPOUT:-0.05}"
 DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-}"              # optional for LoRA, e.g. zero3.json
+QUANT="${QUANT:-}"                                    # 4bit: QLoRA (NF4, CUDA, bitsandbytes)
 
 source scripts/launch_common.sh
 
-print_settings "${COMMON_SETTINGS[@]}" LORA_R LORA_ALPHA LORA_DROPOUT
+print_settings "${COMMON_SETTINGS[@]}" LORA_R LORA_ALPHA LORA_DROPOUT QUANT
+[ -n "$QUANT" ] && check_quantization "$QUANT"
 exec "${TORCHRUN[@]}" scripts/train.py "${COMMON_ARGS[@]}" --lora_enable True \
-  --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA" --lora_dropout "$LORA_DROPOUT" "$@"
+  --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA" --lora_dropout "$LORA_DROPOUT" \
+  ${QUANT:+--quantization "$QUANT"} "$@"

@@ -12,10 +12,12 @@ from pathlib import Path
 NUM_PAIRS = 30
 CLIP_FPS = 30
 FORMAT_FILE = "answer_format.json"
-# Widest values an answer is budgeted for: |velocity| < 100 m/s, |curvature| < 10 1/m (a
-# 0.1 m turning radius; real curvature stays well inside).
-_WIDEST_VELOCITY_DIGITS = 2
-_WIDEST_CURVATURE_DIGITS = 1
+# Integer digits an answer holds: |velocity| < 100 m/s, |curvature| < 10 1/m. Driving data
+# stays far inside (about 40 m/s; curvature mostly under 0.2 1/m, a 5 m turning radius); a
+# value beyond is written as the widest value of its sign (99.9, -9.999 at 1/3 decimals), so
+# every answer, label or prediction, stays within the grammar.
+VELOCITY_DIGITS = 2
+CURVATURE_DIGITS = 1
 
 PROMPT = (
     "This is a 1-second, 30 FPS front-camera driving clip. Predict the ego motion for the "
@@ -24,7 +26,9 @@ PROMPT = (
     "positive for a left turn. No prose, just the list."
 )
 
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# A decimal number as the answers write it: optional minus, digits, optional fraction. Looser
+# than the grammar (any decimals, leading zeros) so free decoding is judged on its numbers.
+_NUMBER = r"-?\d+(?:\.\d+)?"
 _PAIR = re.compile(rf"\(\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\)")
 _LIST = re.compile(rf"\[\s*{_PAIR.pattern}(?:\s*,\s*{_PAIR.pattern})*\s*\]")
 
@@ -39,10 +43,16 @@ def format_pairs(
     """Render pairs as the answer text, e.g. '[(12.3, 0.004), (12.4, -0.002)]'."""
     parts = []
     for velocity, curvature in pairs:
-        v = round(float(velocity), velocity_decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
-        c = round(float(curvature), curvature_decimals) + 0.0
+        v = _rounded_within(velocity, velocity_decimals, VELOCITY_DIGITS)
+        c = _rounded_within(curvature, curvature_decimals, CURVATURE_DIGITS)
         parts.append(f"({v:.{velocity_decimals}f}, {c:.{curvature_decimals}f})")
     return "[" + ", ".join(parts) + "]"
+
+
+def _rounded_within(value: float, decimals: int, digits: int) -> float:
+    """`value` rounded to `decimals`, clipped to the widest number of `digits` integer digits."""
+    widest = round(10**digits - 10.0**-decimals, decimals)
+    return min(max(round(float(value), decimals), -widest), widest) + 0.0  # -0.0 -> 0.0
 
 
 def parse_pairs(text: str, expected: int = NUM_PAIRS) -> list[tuple[float, float]]:
@@ -83,10 +93,27 @@ class AnswerFormat:
         return format_pairs(pairs, self.velocity_decimals, self.curvature_decimals)
 
     def widest_answer(self) -> str:
-        """The longest answer text this format writes for values within the budgeted range."""
-        velocity = -(10**_WIDEST_VELOCITY_DIGITS - 10.0**-self.velocity_decimals)
-        curvature = -(10**_WIDEST_CURVATURE_DIGITS - 10.0**-self.curvature_decimals)
-        return self.format([(velocity, curvature)] * NUM_PAIRS)
+        """The longest answer text this format writes (and its grammar accepts)."""
+        return self.format([(-1e9, -1e9)] * NUM_PAIRS)  # clipped to the widest values
+
+    def grammar(self) -> str:
+        """EBNF (as xgrammar reads it) of exactly the answers this format writes: 30 pairs,
+        the decimals of the format, an optional minus, no leading zeros. The strict parser
+        parses every string it accepts."""
+
+        def number(digits: int, decimals: int) -> str:
+            integer = "[0-9]" if digits == 1 else f'("0" | [1-9] [0-9]{{0,{digits - 1}}})'
+            fraction = f' "." [0-9]{{{decimals}}}' if decimals else ""
+            return f'"-"? {integer}{fraction}'
+
+        return "\n".join(
+            [
+                f'root ::= "[" pair (", " pair){{{NUM_PAIRS - 1}}} "]"',
+                'pair ::= "(" velocity ", " curvature ")"',
+                f"velocity ::= {number(VELOCITY_DIGITS, self.velocity_decimals)}",
+                f"curvature ::= {number(CURVATURE_DIGITS, self.curvature_decimals)}",
+            ]
+        )
 
     def save(self, directory: str | Path) -> None:
         (Path(directory) / FORMAT_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

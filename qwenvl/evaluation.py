@@ -74,12 +74,38 @@ def _row(name: str, metrics: dict) -> str:
 
 def metrics_table(metrics: dict, bucket: str = "all", model_name: str = "model") -> str:
     """Markdown table: the model (parsed samples only) and the baselines, one bucket."""
+    return comparison_table({model_name: metrics}, bucket)
+
+
+def comparison_table(evaluations: dict[str, dict], bucket: str = "all") -> str:
+    """Markdown table: one row per evaluated model (same test set), then the baselines."""
     header = "| | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     lines = [header, "|---" * (len(COLUMNS) + 1) + "|"]
-    lines.append(_row(model_name, metrics["model"].get(bucket, {})))
-    for name, result in metrics["baselines"].items():
+    for name, metrics in evaluations.items():
+        lines.append(_row(name, metrics["model"].get(bucket, {})))
+    baselines = next(iter(evaluations.values()))["baselines"]
+    for name, result in baselines.items():
         lines.append(_row(name, result.get(bucket, {})))
     return "\n".join(lines)
+
+
+def standing(evaluations: dict[str, dict], model_name: str) -> str:
+    """One plain sentence: where `model_name` stands on ADE against the other models and the
+    baselines (lower is better)."""
+    ade = {name: m["model"].get("all", {}).get("ade_m") for name, m in evaluations.items()}
+    baselines = next(iter(evaluations.values()))["baselines"]
+    ade.update({name: result["all"]["ade_m"] for name, result in baselines.items()})
+    own = ade.pop(model_name)
+    if own is None:
+        return f"{model_name}: no parsed answer, so no ADE to compare."
+    beats = [f"{n} ({v:.2f} m)" for n, v in ade.items() if v is not None and own < v]
+    behind = [f"{n} ({v:.2f} m)" for n, v in ade.items() if v is not None and own >= v]
+    parts = [f"{model_name} ADE at 1 s is {own:.2f} m"]
+    if beats:
+        parts.append(f"better than {', '.join(beats)}")
+    if behind:
+        parts.append(f"not yet better than {', '.join(behind)}")
+    return "; ".join(parts) + "."
 
 
 def write_report(metrics: dict, records: list[dict], model_path: str, output_dir: Path) -> None:
@@ -89,9 +115,10 @@ def write_report(metrics: dict, records: list[dict], model_path: str, output_dir
     parts = [
         f"# Evaluation of `{model_path}`\n",
         f"Parsed {parse['parsed']} of {parse['total']} answers ({100 * parse['rate']:.1f}%); "
-        f"failures: {failures}. The model's metrics count parsed answers only; the baselines "
-        "use every sample. ADE/FDE integrate (speed, curvature) with the unicycle model "
-        "over 1 s.\n",
+        f"failures: {failures}. Decoding: {metrics.get('decoding', 'free')} "
+        "(constrained: every answer follows the answer grammar). The model's metrics count "
+        "parsed answers only; the baselines use every sample. ADE/FDE integrate (speed, "
+        "curvature) with the unicycle model over 1 s.\n",
         metrics_table(metrics),
     ]
     for bucket in buckets:

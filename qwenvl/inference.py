@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,12 @@ class LoadedModel:
     processor: object
     settings: VideoSettings
     answer_format: AnswerFormat
-    kind: str  # "adapter" or "full"
+    kind: str  # "adapter", "full", or "training" (the model a Trainer holds)
+
+    @cached_property
+    def answer_grammar(self):
+        """The answer grammar compiled for this model's tokenizer, once per model."""
+        return compile_answer_grammar(self)
 
     def describe(self) -> str:
         """One line for the log: what loaded, where it runs, and how it reads clips."""
@@ -89,10 +95,32 @@ def load_for_inference(
     return LoadedModel(model, processor, settings, answer_format, kind)
 
 
-def answer_token_budget(tokenizer, answer_format: AnswerFormat) -> int:
-    """max_new_tokens for the format's widest 30-pair answer, its <|im_end|> and some slack."""
+def answer_token_budget(tokenizer, answer_format: AnswerFormat, constrained: bool = False) -> int:
+    """max_new_tokens for the format's widest 30-pair answer and its <|im_end|>.
+
+    Free decoding: that answer in the model's tokenizer, plus slack. Constrained decoding may
+    reach the same text through other token splits (the grammar allows any), so there the bound
+    is its length in characters: no token is shorter than one. Either way generation stops at
+    <|im_end|>, so a large budget costs nothing for answers that end.
+    """
     widest = answer_format.widest_answer()
+    if constrained:
+        return len(widest) + 1
     return len(tokenizer(widest, add_special_tokens=False).input_ids) + 8
+
+
+def compile_answer_grammar(loaded: LoadedModel):
+    """The answer grammar compiled for the model's tokenizer and vocabulary (xgrammar)."""
+    import xgrammar as xgr
+
+    tokenizer = loaded.processor.tokenizer
+    config = loaded.model.config
+    vocab_size = getattr(config, "text_config", config).vocab_size
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    info = xgr.TokenizerInfo.from_huggingface(
+        tokenizer, vocab_size=vocab_size, stop_token_ids=[stop]
+    )
+    return xgr.GrammarCompiler(info).compile_grammar(loaded.answer_format.grammar())
 
 
 def build_inputs(
@@ -106,7 +134,7 @@ def build_inputs(
     prepared = [prepare_clip(f, fps, loaded.settings) for f, fps in clips]
     videos, metadata = zip(*prepared, strict=True)
     processor.tokenizer.padding_side = "left"
-    inputs = processor(
+    return processor(
         text=[text] * len(clips),
         videos=list(videos),
         video_metadata=list(metadata),
@@ -114,8 +142,6 @@ def build_inputs(
         return_tensors="pt",
         **PROCESSOR_VIDEO_KWARGS,
     ).to(loaded.model.device)
-    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(loaded.model.dtype)
-    return inputs
 
 
 @torch.inference_mode()
@@ -124,19 +150,38 @@ def generate_answers(
     clips: list[tuple[np.ndarray, float]],
     prompt: str = PROMPT,
     max_new_tokens: int | None = None,
+    constrained: bool = True,
+    synced_gpus: bool = False,
 ) -> list[str]:
-    """Greedy answers for a batch of (frames, fps) clips."""
+    """Greedy answers for a batch of (frames, fps) clips.
+
+    Constrained (the default), every answer is 30 pairs of the model's answer format by
+    construction: xgrammar masks, at each step and for each row of the batch, the tokens that
+    would leave the answer grammar. `synced_gpus` keeps ranks stepping together when the
+    weights are sharded (DeepSpeed ZeRO-3).
+    """
     processor = loaded.processor
     inputs = build_inputs(loaded, clips, prompt)
-    output = loaded.model.generate(
-        **inputs,
-        max_new_tokens=max_new_tokens
-        or answer_token_budget(processor.tokenizer, loaded.answer_format),
-        do_sample=False,
-        pad_token_id=processor.tokenizer.pad_token_id,
+    budget = max_new_tokens or answer_token_budget(
+        processor.tokenizer, loaded.answer_format, constrained
+    )
+    extra = {}
+    if constrained:
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        # One processor per call: it keeps the grammar state of each row of this batch.
+        extra["logits_processor"] = [LogitsProcessor(loaded.answer_grammar)]
+    if not synced_gpus:
         # A cache allocated once: the default one is re-concatenated every step, which costs
         # batch x (3.5k-token video prefix) per token (see BENCHMARKS.md).
-        cache_implementation="static",
+        extra["cache_implementation"] = "static"
+    output = loaded.model.generate(
+        **inputs,
+        max_new_tokens=budget,
+        do_sample=False,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        synced_gpus=synced_gpus,
+        **extra,
     )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return processor.batch_decode(new_tokens, skip_special_tokens=True)

@@ -40,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats", type=int, default=3, help="timed repeats, best kept (default: %(default)s)"
     )
     parser.add_argument(
+        "--model-config",
+        choices=["2b", "4b", "8b"],
+        help="train: a Qwen3-VL-<size>-Instruct-shaped model built from its published config "
+        "(random weights, no download) instead of --model-path; timings need CUDA",
+    )
+    parser.add_argument(
         "--device",
         help="device for train/generate: cpu, cuda or cuda:N (default: cuda when there is a GPU)",
     )
@@ -349,15 +355,17 @@ def bench_generate(
     single_inputs = [build_inputs(loaded, [c]) for c in clips]
     with torch.inference_mode():
         model.generate(**single_inputs[0], max_new_tokens=2, cache_implementation="static")
+        decoding = constrained_vs_free(loaded, batched_inputs, repeats)
         batched = best_time(lambda: model.generate(**batched_inputs, **kwargs), repeats)
         single = best_time(lambda: [model.generate(**i, **kwargs) for i in single_inputs], repeats)
         model.generation_config.min_new_tokens = new
-        batched_e2e = best_time(lambda: generate_answers(loaded, clips, max_new_tokens=new), 1)
-        single_e2e = best_time(
-            lambda: [generate_answers(loaded, [c], max_new_tokens=new) for c in clips], 1
-        )
+        free = {"max_new_tokens": new, "constrained": False}
+        batched_e2e = best_time(lambda: generate_answers(loaded, clips, **free), 1)
+        single_e2e = best_time(lambda: [generate_answers(loaded, [c], **free) for c in clips], 1)
+        model.generation_config.min_new_tokens = None
     tokens = batch * new
     return {
+        **decoding,
         "batch_size": batch,
         "new_tokens_per_sample": new,
         "generate_batched_tokens_per_s": tokens / batched,
@@ -367,6 +375,138 @@ def bench_generate(
         "end_to_end_one_at_a_time_tokens_per_s": tokens / single_e2e,
         "end_to_end_speedup": single_e2e / batched_e2e,
     }
+
+
+def constrained_vs_free(loaded, inputs: dict, repeats: int) -> dict:
+    """Tokens/s of one batched generate() on the same clips, answers constrained to the grammar
+    (xgrammar masks every step) and free; each counts the tokens it generated up to <|im_end|>."""
+    import torch
+    from xgrammar.contrib.hf import LogitsProcessor
+
+    from qwenvl.inference import answer_token_budget
+
+    tokenizer = loaded.processor.tokenizer
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    budget = answer_token_budget(tokenizer, loaded.answer_format, constrained=True)
+    prompt = inputs["input_ids"].shape[1]
+    result = {}
+    for mode in ("constrained", "free"):
+        counted = []
+
+        def run(mode=mode, counted=counted):
+            processors = [LogitsProcessor(loaded.answer_grammar)] if mode == "constrained" else []
+            out = loaded.model.generate(
+                **inputs,
+                max_new_tokens=budget,
+                do_sample=False,
+                cache_implementation="static",
+                logits_processor=processors,
+            )[:, prompt:]
+            stops = out == stop
+            ends = torch.where(stops.any(dim=1), stops.int().argmax(dim=1) + 1, out.shape[1])
+            counted[:] = ends.tolist()
+
+        seconds = best_time(run, repeats)
+        result[f"{mode}_tokens_per_s"] = sum(counted) / seconds
+        result[f"{mode}_tokens_per_answer"] = sum(counted) / len(counted)
+    result["constrained_over_free_tokens_per_s"] = (
+        result["constrained_tokens_per_s"] / result["free_tokens_per_s"]
+    )
+    return result
+
+
+def bench_train_config(
+    name: str, tokenizer_path: str, train_json: Path, repeats: int, device: str | None
+) -> dict:
+    """Real-sized training steps: LoRA and full, batch 1/2/4 of 30-frame clips at the default
+    video settings, gradient checkpointing, bf16 autocast with fp32 trained weights; step time,
+    tokens/s, samples/s, MFU and peak memory, per attention kernel available."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from qwenvl.architectures import PUBLISHED_PARAMETERS, parameter_count, published_config
+    from qwenvl.data import load_samples
+    from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
+    from qwenvl.train.compute import peak_tflops
+    from qwenvl.train.model import LoraSettings, TuneFlags, resolve_device, setup_training
+    from qwenvl.video import VideoSettings
+
+    processor = AutoProcessor.from_pretrained(tokenizer_path)
+    tokens = processor.tokenizer.convert_tokens_to_ids
+    ids = {
+        "image_token_id": tokens("<|image_pad|>"),
+        "video_token_id": tokens("<|video_pad|>"),
+        "vision_start_token_id": tokens("<|vision_start|>"),
+        "vision_end_token_id": tokens("<|vision_end|>"),
+    }
+    config = published_config(name, ids)
+    result = {
+        "model_config": name,
+        "parameters": parameter_count(config),
+        "published_parameters": PUBLISHED_PARAMETERS[name],
+    }
+    target = resolve_device(device)
+    if target.type != "cuda":
+        result["note"] = "the config is built and counted; the timed steps need a CUDA GPU"
+        return result
+    peak = peak_tflops(torch.cuda.get_device_name(target), os.environ.get("PEAK_TFLOPS"))
+    dataset = SupervisedDataset(
+        load_samples([str(train_json)])[:8], processor, VideoSettings(), 32768
+    )
+    collate = VideoCollator(processor.tokenizer.pad_token_id)
+    attentions = ["sdpa"] + (
+        ["flash_attention_2"] if importlib.util.find_spec("flash_attn") else []
+    )
+    rows = []
+    for attention in attentions:
+        for mode in ("lora", "full"):
+            for batch_size in (1, 2, 4):
+                row = {"attention": attention, "mode": mode, "batch": batch_size}
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(target)
+                try:
+                    model = Qwen3VLForConditionalGeneration._from_config(
+                        config, dtype=torch.bfloat16, attn_implementation=attention
+                    ).to(target)
+                    lora = LoraSettings() if mode == "lora" else None
+                    model = setup_training(model, TuneFlags(False, True, True), lora, False)
+                    model.gradient_checkpointing_enable({"use_reentrant": False})
+                    model.enable_input_require_grads()
+                    batch = collate([dataset[i % len(dataset)] for i in range(batch_size)])
+                    batch = {k: v.to(target) for k, v in batch.items()}
+                    trained = [p for p in model.parameters() if p.requires_grad]
+                    optimizer = torch.optim.AdamW(trained, lr=1e-5)
+
+                    def step(model=model, batch=batch, optimizer=optimizer):
+                        with torch.autocast("cuda", torch.bfloat16):
+                            loss = model(**batch).loss
+                        loss.backward()
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        torch.cuda.synchronize()
+
+                    step()  # warm-up
+                    seconds = best_time(step, repeats)
+                    tokens_per_step = int(batch["attention_mask"].sum())
+                    n_all = sum(p.numel() for p in model.parameters())
+                    n_trained = sum(p.numel() for p in trained)
+                    flops = tokens_per_step * (4 * n_all + 2 * n_trained)
+                    row.update(
+                        s_per_step=seconds,
+                        tokens_per_s=tokens_per_step / seconds,
+                        samples_per_s=batch_size / seconds,
+                        mfu=flops / seconds / (peak * 1e12) if peak else None,
+                        peak_memory_gib=torch.cuda.max_memory_allocated(target) / 1024**3,
+                    )
+                except torch.cuda.OutOfMemoryError:
+                    row["result"] = "out of memory"
+                finally:
+                    model = optimizer = batch = None
+                rows.append(row)
+    result["steps"] = rows
+    return result
 
 
 def machine() -> dict:
@@ -399,7 +539,11 @@ def main(argv: list[str] | None = None) -> int:
             ("train", bench_train),
             ("generate", bench_generate),
         ):
-            if name in wanted:
+            if name == "train" and args.model_config and "train" in wanted:
+                results[name] = bench_train_config(
+                    args.model_config, model_path, train_json, args.repeats, args.device
+                )
+            elif name in wanted:
                 extra = () if name == "loader" else (args.device,)
                 results[name] = fn(model_path, train_json, args.repeats, *extra)
     text = json.dumps(results, indent=2)

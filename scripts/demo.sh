@@ -56,9 +56,9 @@ step "8/8 predict on one clip with the merged model"
 CLIP=$(find "$DEMO_DIR/qwen_video_segments/videos" -name '*.mp4' | sort | head -n 1)
 "$PYTHON" scripts/predict.py --model-path "$DEMO_DIR/merged" "$CLIP" || true
 
-step "fine-tuned model against the baselines ($DEMO_DIR/eval/lora/metrics.json)"
-"$PYTHON" -c "import json, sys; from qwenvl.evaluation import metrics_table; \
-print(metrics_table(json.load(open(sys.argv[1])), model_name='fine-tuned'))" "$DEMO_DIR/eval/lora/metrics.json"
+step "zero-shot and fine-tuned against the baselines (answers constrained to the answer grammar)"
+"$PYTHON" scripts/compare_evaluations.py zero-shot="$DEMO_DIR/eval/base" \
+  fine-tuned="$DEMO_DIR/eval/lora" --output "$DEMO_DIR/eval/comparison.md"
 echo
-echo "reports: $DEMO_DIR/eval/base/report.md, $DEMO_DIR/eval/lora/report.md (plots beside them)"
+echo "reports: $DEMO_DIR/eval/comparison.md (both models' plots), $DEMO_DIR/eval/base/report.md, $DEMO_DIR/eval/lora/report.md"
 echo "merged model: $DEMO_DIR/merged"

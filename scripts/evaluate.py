@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="generation budget (default: fitted to the widest answer of the model's format)",
     )
     parser.add_argument(
+        "--no-constrained",
+        dest="constrained",
+        action="store_false",
+        help="free decoding: measure raw format-following (unparsed answers are counted) "
+        "instead of constraining every answer to the answer grammar",
+    )
+    parser.add_argument(
         "--output-dir", required=True, help="where predictions, metrics, report and plots go"
     )
     parser.add_argument(
@@ -108,11 +115,14 @@ def run(args: argparse.Namespace) -> int:
                 (frames, float(s.get("fps") or fps))
                 for s, (frames, fps) in zip(batch, clips, strict=True)
             ]
-            texts = generate_answers(loaded, clips, max_new_tokens=args.max_new_tokens)
+            texts = generate_answers(
+                loaded, clips, max_new_tokens=args.max_new_tokens, constrained=args.constrained
+            )
             records += [prediction_record(s, t) for s, t in zip(batch, texts, strict=True)]
             bar.update(len(batch))
     metrics = score(records, train_future(args))
     metrics["model_path"] = args.model_path
+    metrics["decoding"] = "constrained" if args.constrained else "free"
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         write_predictions(records, tmp / "predictions.jsonl")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

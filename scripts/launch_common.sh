@@ -5,6 +5,7 @@
 MODEL_PATH="${MODEL_PATH:-Qwen/Qwen3-VL-4B-Instruct}"
 DATASETS="${DATASETS:-physical_ai_driving}"          # registry names or train.json paths, name%pct
 EVAL_DATASETS="${EVAL_DATASETS:-}"                    # e.g. physical_ai_driving_val; empty = no eval
+EVAL_GENERATE_SAMPLES="${EVAL_GENERATE_SAMPLES:-0}"   # > 0: also eval_ade etc. on that many val clips
 MAX_STEPS="${MAX_STEPS:--1}"                          # > 0 overrides EPOCHS
 SAVE_STEPS="${SAVE_STEPS:-100}"
 SEED="${SEED:-42}"
@@ -50,14 +51,14 @@ COMMON_ARGS=(
   --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit "$SAVE_TOTAL_LIMIT"
   --seed "$SEED" --model_max_length "$MODEL_MAX_LENGTH" --report_to "$REPORT_TO"
   --dataloader_num_workers "$DATALOADER_WORKERS" --auto_resume "$AUTO_RESUME"
-  --ddp_find_unused_parameters False
+  --ddp_find_unused_parameters False --eval_generate_samples "$EVAL_GENERATE_SAMPLES"
   --video_fps "$VIDEO_FPS" --video_min_frames "$VIDEO_MIN_FRAMES" --video_max_frames "$VIDEO_MAX_FRAMES"
   --video_min_pixels "$VIDEO_MIN_PIXELS" --video_max_pixels "$VIDEO_MAX_PIXELS"
 )
 [ -n "$EVAL_DATASETS" ] && COMMON_ARGS+=(--eval_strategy steps --eval_steps "$SAVE_STEPS")
 [ -n "$DEEPSPEED_CONFIG" ] && COMMON_ARGS+=(--deepspeed "$DEEPSPEED_CONFIG")
 
-COMMON_SETTINGS=(MODEL_PATH DATASETS EVAL_DATASETS OUTPUT_DIR EPOCHS MAX_STEPS BATCH_SIZE GRAD_ACCUM LR
+COMMON_SETTINGS=(MODEL_PATH DATASETS EVAL_DATASETS EVAL_GENERATE_SAMPLES OUTPUT_DIR EPOCHS MAX_STEPS BATCH_SIZE GRAD_ACCUM LR
   SAVE_STEPS SAVE_TOTAL_LIMIT SEED TUNE_MM_VISION TUNE_MM_MLP TUNE_MM_LLM MODEL_MAX_LENGTH
   DEEPSPEED_CONFIG REPORT_TO RESUME VIDEO_FPS VIDEO_MIN_FRAMES VIDEO_MAX_FRAMES VIDEO_MIN_PIXELS
   VIDEO_MAX_PIXELS NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT)
@@ -66,4 +67,14 @@ print_settings() {
   echo "== resolved settings =="
   for name in "$@"; do printf '  %-18s %s\n' "$name" "${!name}"; done
   echo "  CUDA_VISIBLE_DEVICES ${CUDA_VISIBLE_DEVICES:-<all>}"
+}
+
+# One line and exit 2 when QUANT cannot run here, before torchrun starts any process.
+check_quantization() {
+  "$PYTHON" -c 'import sys
+from qwenvl.train.model import quantization_config
+try:
+    quantization_config(sys.argv[1])
+except ValueError as err:
+    sys.exit(f"error: {err}")' "$1" || exit 2
 }

@@ -32,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="generation budget (default: fitted to the widest answer of the model's format)",
     )
+    parser.add_argument(
+        "--no-constrained",
+        dest="constrained",
+        action="store_false",
+        help="free decoding instead of constraining the answer to the answer grammar",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per clip")
     args = parser.parse_args(argv)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
@@ -62,7 +68,7 @@ def read_clip(video: str, settings) -> tuple[tuple[np.ndarray, float] | None, st
         return None, f"cannot decode ({reason})"
 
 
-def predict_one(loaded, video: str, max_new_tokens: int | None) -> dict:
+def predict_one(loaded, video: str, args: argparse.Namespace) -> dict:
     """One clip's result: pairs, or the decode or parse error, with the raw text."""
     from qwenvl.answer import AnswerParseError, parse_pairs
     from qwenvl.inference import generate_answers
@@ -70,7 +76,9 @@ def predict_one(loaded, video: str, max_new_tokens: int | None) -> dict:
     clip, error = read_clip(video, loaded.settings)
     if clip is None:
         return {"video": video, "pairs": None, "error": error, "raw_text": None}
-    text = generate_answers(loaded, [clip], max_new_tokens=max_new_tokens)[0]
+    text = generate_answers(
+        loaded, [clip], max_new_tokens=args.max_new_tokens, constrained=args.constrained
+    )[0]
     try:
         return {"video": video, "pairs": parse_pairs(text), "error": None, "raw_text": text}
     except AnswerParseError as err:
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     fmt = loaded.answer_format
     failed = 0
     for video in tqdm(args.videos, desc="predicting", unit="clip", disable=len(args.videos) < 2):
-        result = predict_one(loaded, video, args.max_new_tokens)
+        result = predict_one(loaded, video, args)
         failed += result["error"] is not None
         # tqdm.write keeps each line whole beside the progress bar.
         if args.json:

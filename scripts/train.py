@@ -20,13 +20,16 @@ from qwenvl.answer import AnswerFormat
 from qwenvl.cli import UserError, main_guard
 from qwenvl.data import answer_format_of, dataset_specs, load_samples
 from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
+from qwenvl.train.compute import ComputeReport
 from qwenvl.train.model import (
     LoraSettings,
     TuneFlags,
     load_model,
+    quantization_config,
     setup_training,
     trainable_summary,
 )
+from qwenvl.train.task_metrics import GenerationMetrics
 from qwenvl.train.trainer import QwenVLTrainer, find_resume_checkpoint
 from qwenvl.video import VideoSettings, describe_training_video
 
@@ -56,6 +59,10 @@ class ModelArguments:
     vision_tower_lr: float | None = field(
         default=None,
         metadata={"help": "learning rate of the vision encoder (default: --learning_rate)"},
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={"help": "4bit: QLoRA, the language model in bitsandbytes NF4 (LoRA, CUDA only)"},
     )
     attn_implementation: str | None = field(
         default=None,
@@ -118,6 +125,24 @@ class TrainingArguments(transformers.TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "keep video fields in batches (must stay False)"}
     )
+    label_only_logits: bool = field(
+        default=True,
+        metadata={
+            "help": "compute the LM head and the loss on labelled positions only (the answer), "
+            "not on the ~90%% of video tokens; False: the model's own full-logits loss"
+        },
+    )
+    include_num_input_tokens_seen: str = field(
+        default="non_padding",
+        metadata={"help": "count the tokens trained on, for compute.json (non_padding, all, no)"},
+    )
+    eval_generate_samples: int = field(
+        default=0,
+        metadata={
+            "help": "at each evaluation, answer this many validation clips with constrained "
+            "generation and log eval_ade, eval_fde, eval_speed_mae, eval_curvature_mae"
+        },
+    )
 
 
 class SaveInferenceSettings(TrainerCallback):
@@ -166,7 +191,12 @@ def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArgum
 
 def build_model(model_args: ModelArguments, training_args: TrainingArguments):
     flags = TuneFlags(model_args.tune_mm_vision, model_args.tune_mm_mlp, model_args.tune_mm_llm)
-    model = load_model(model_args.model_name_or_path, model_args.attn_implementation)
+    quantization = quantization_config(model_args.quantization)
+    if quantization is not None and (not model_args.lora_enable or training_args.deepspeed):
+        raise ValueError("QUANT=4bit is for LoRA without DeepSpeed (QLoRA)")
+    model = load_model(
+        model_args.model_name_or_path, model_args.attn_implementation, quantization=quantization
+    )
     lora = None
     if model_args.lora_enable:
         lora = LoraSettings(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
@@ -195,6 +225,20 @@ def build_datasets(data_args: DataArguments, training_args: TrainingArguments, p
     return train, evaluation, settings
 
 
+def generation_metrics(data_args, training_args, processor, settings, answer_format):
+    """Task metrics at each evaluation when --eval_generate_samples > 0, else None."""
+    if training_args.eval_generate_samples <= 0:
+        return None
+    samples = load_samples(dataset_specs(data_args.eval_dataset_use))
+    return GenerationMetrics(
+        samples[: training_args.eval_generate_samples],
+        processor,
+        settings,
+        answer_format,
+        training_args.per_device_eval_batch_size,
+    )
+
+
 def run(argv: list[str]) -> int:
     try:
         model_args, data_args, training_args = parse(argv)
@@ -205,6 +249,8 @@ def run(argv: list[str]) -> int:
         level=logging.INFO if training_args.local_rank in (-1, 0) else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
     )
+    if training_args.eval_generate_samples > 0 and not data_args.eval_dataset_use:
+        raise UserError("--eval_generate_samples needs validation data (--eval_dataset_use)")
     set_seed(training_args.seed)
     if training_args.deepspeed and torch.distributed.is_initialized():
         # ZeRO-3 partitions weights while they load; DeepSpeed must see the whole job first.
@@ -229,9 +275,17 @@ def run(argv: list[str]) -> int:
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=VideoCollator(processor.tokenizer.pad_token_id),
-        callbacks=[inference_settings, LogOptimizerGroups()],
+        callbacks=[
+            inference_settings,
+            LogOptimizerGroups(),
+            ComputeReport(os.environ.get("PEAK_TFLOPS")),
+        ],
         projector_lr=model_args.mm_projector_lr,
         vision_lr=model_args.vision_tower_lr,
+        label_only_logits=training_args.label_only_logits,
+        generation_metrics=generation_metrics(
+            data_args, training_args, processor, settings, answer_format
+        ),
     )
     checkpoint = (
         find_resume_checkpoint(training_args.output_dir) if training_args.auto_resume else None

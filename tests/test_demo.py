@@ -46,4 +46,13 @@ def test_make_demo_runs_the_pipeline_and_writes_reports(tmp_path):
         assert metrics["parse"]["total"] == 2
     assert (demo / "merged" / "config.json").is_file()
     assert (demo / "checkpoints" / "lora" / "adapter_model.safetensors").is_file()
-    assert "| fine-tuned |" in result.stdout and "reports:" in result.stdout
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in result.stdout.splitlines()
+        if line.startswith("| ")
+    }
+    for name in ("zero-shot", "fine-tuned"):  # both models answer: every row has numbers
+        cells = [c.strip() for c in rows[name].split("|")[2:-1]]
+        assert cells and all(c != "-" for c in cells), rows[name]
+    assert "fine-tuned ADE at 1 s is" in result.stdout and "reports:" in result.stdout
+    assert (demo / "eval" / "comparison.md").is_file()

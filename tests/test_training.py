@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -190,7 +191,7 @@ def test_sigkilled_lora_run_resumes_to_the_same_weights(tiny_model_dir, four_sam
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 600
-    while not (crashed / "checkpoint-4" / "trainer_state.json").exists():
+    while not (crashed / "checkpoint-4" / "compute.json").exists():  # written last
         assert proc.poll() is None and time.monotonic() < deadline, (
             "run ended before its 2nd checkpoint"
         )
@@ -203,9 +204,19 @@ def test_sigkilled_lora_run_resumes_to_the_same_weights(tiny_model_dir, four_sam
     result = run_script(
         "./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, crashed, **settings)
     )
-    assert "resuming from" in result.stderr + result.stdout
+    resumed_from = re.search(r"resuming from (\S+)", result.stderr + result.stdout)
+    assert resumed_from
     final_state = json.loads((crashed / "checkpoint-8" / "trainer_state.json").read_text())
     assert final_state["global_step"] == 8
+    # compute.json: the resumed run adds its time to the checkpoint's; counts match one run.
+    once = json.loads((reference / "compute.json").read_text())
+    before = json.loads((Path(resumed_from[1]) / "compute.json").read_text())
+    total = json.loads((crashed / "compute.json").read_text())
+    assert once["runs"] == before["runs"] == 1 and total["runs"] == 2
+    assert total["wall_seconds"] > before["wall_seconds"] > 0
+    assert total["samples"] == once["samples"] == 16 and total["tokens"] == once["tokens"] > 0
+    assert total["estimated_flops"] == once["estimated_flops"] and once["mfu"] is None  # CPU
+    assert len(total["peak_memory_gib_per_rank"]) == 1 and "compute: " in result.stdout
     expected, got = _adapter(reference), _adapter(crashed)
     assert expected.keys() == got.keys()
     for key in expected:

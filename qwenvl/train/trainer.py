@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
+from qwenvl.data.preprocess import IGNORE_INDEX
 from qwenvl.train.model import component
 
 logger = logging.getLogger(__name__)
@@ -45,18 +46,56 @@ def parameter_groups(
 
 
 class QwenVLTrainer(Trainer):
-    """Trainer whose optimizer gives the projector and vision tower their own learning rates.
+    """Trainer whose optimizer gives the projector and vision tower their own learning rates,
+    and whose evaluation can add task metrics from generated answers.
 
     DeepSpeed without an optimizer block in its config builds on this optimizer, so the
     groups hold there too.
     """
 
     def __init__(
-        self, *args, projector_lr: float | None = None, vision_lr: float | None = None, **kwargs
+        self,
+        *args,
+        projector_lr: float | None = None,
+        vision_lr: float | None = None,
+        generation_metrics=None,
+        label_only_logits: bool = True,
+        **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.projector_lr = projector_lr
         self.vision_lr = vision_lr
+        self.generation_metrics = generation_metrics
+        self.label_only_logits = label_only_logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The Trainer's loss, computed on labelled positions only (label_only_loss)."""
+        if not self.label_only_logits or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = label_only_loss(model, inputs, num_items_in_batch)
+        if (
+            self.args.average_tokens_across_devices
+            and self.model_accepts_loss_kwargs
+            and num_items_in_batch is not None
+        ):
+            # As Trainer.compute_loss: num_items_in_batch counts every rank's tokens, while
+            # gradients are averaged over ranks.
+            loss_scale = self.accelerator.num_processes // self.get_tp_size()
+            loss *= loss_scale if self.args.n_gpu <= 1 else self.args.n_gpu
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """eval_loss, plus task metrics in metres from generated answers when asked for
+        (qwenvl.train.task_metrics), logged beside it."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self.generation_metrics is not None:
+            task = self.generation_metrics(
+                self.model, self.args.process_index, self.args.world_size
+            )
+            if task:
+                self.log(task)
+                metrics.update(task)
+        return metrics
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -71,6 +110,27 @@ class QwenVLTrainer(Trainer):
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+
+def label_only_loss(model, inputs: dict, num_items_in_batch=None):
+    """(loss, outputs) with the LM head and the loss on the labelled positions only.
+
+    About 90% of a sample's tokens are video with label -100, yet the full path projects every
+    position onto the 151,936-token vocabulary and upcasts those logits to fp32 for the loss.
+    Here the model's `logits_to_keep` mask keeps the positions whose next token is labelled,
+    and the loss is the same token-mean cross-entropy (sum over `num_items_in_batch` when the
+    Trainer counts labelled tokens across gradient accumulation).
+    """
+    labels = inputs["labels"]
+    next_labelled = labels[:, 1:] != IGNORE_INDEX
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = next_labelled  # position t predicts token t + 1
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    outputs = model(**model_inputs, logits_to_keep=keep)
+    targets = labels[:, 1:][next_labelled].to(outputs.logits.device)
+    loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    return loss / count, outputs
 
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

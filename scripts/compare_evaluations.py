@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Compare evaluations of several models on the same test set: one table with every model and
+the baselines, a sentence on where each model stands, and comparison.md with their plots.
+
+Example: compare_evaluations.py zero-shot=eval/base fine-tuned=eval/lora --output eval/comparison.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from qwenvl.cli import UserError, atomic_write_text, cli_main
+from qwenvl.evaluation import comparison_table, standing
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "evaluations",
+        nargs="+",
+        metavar="NAME=DIR",
+        help="a name for the table and an output folder of evaluate.py",
+    )
+    parser.add_argument("--output", help="also write this Markdown file (table, verdicts, plots)")
+    return parser.parse_args(argv)
+
+
+def load(specs: list[str]) -> dict[str, tuple[Path, dict]]:
+    loaded = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise UserError(f"{spec}: expected NAME=DIR")
+        path = Path(folder) / "metrics.json"
+        if not path.is_file():
+            raise UserError(f"{path}: not found (run evaluate.py first)")
+        loaded[name] = (Path(folder), json.loads(path.read_text()))
+    totals = {m["parse"]["total"] for _, m in loaded.values()}
+    if len(totals) > 1:
+        raise UserError(f"evaluations on different numbers of samples: {sorted(totals)}")
+    return loaded
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load(args.evaluations)
+    metrics = {name: m for name, (_, m) in loaded.items()}
+    table = comparison_table(metrics)
+    verdicts = [standing(metrics, name) for name in metrics]
+    print(table)
+    print()
+    print("\n".join(verdicts))
+    if args.output:
+        output = Path(args.output)
+        parts = ["# Comparison\n", table, "", *verdicts, ""]
+        for name, (folder, _) in loaded.items():
+            parts.append(f"## {name}\n")
+            for plot in ("trajectories.png", "profiles.png"):
+                if (folder / plot).is_file():
+                    link = os.path.relpath(folder / plot, output.parent.resolve())
+                    parts.append(f"![{name} {plot[:-4]}]({link})")
+            parts.append("")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output, "\n".join(parts))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(parse_args, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
