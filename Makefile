@@ -5,7 +5,7 @@
 
 UV_LOCAL := $(CURDIR)/.tools/uv/bin/uv
 UV := $(shell command -v uv 2>/dev/null || echo $(UV_LOCAL))
-EXTRAS := --extra bench --extra dev
+EXTRAS := --extra bench --extra dev --extra ray
 DEMO_DIR ?= demo_output
 
 .PHONY: demo test test-gpu sync uv lint clean-demo

@@ -15,7 +15,7 @@ from transformers import AutoProcessor
 from qwenvl.answer import PROMPT, AnswerFormat
 from qwenvl.data.preprocess import build_messages
 from qwenvl.train.model import load_model, resolve_device
-from qwenvl.video import PROCESSOR_VIDEO_KWARGS, VideoSettings, prepare_clip
+from qwenvl.video import PROCESSOR_VIDEO_KWARGS, VideoSettings, decode_video, prepare_clip
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,16 @@ def compile_answer_grammar(loaded: LoadedModel):
         tokenizer, vocab_size=vocab_size, stop_token_ids=[stop]
     )
     return xgr.GrammarCompiler(info).compile_grammar(loaded.answer_format.grammar())
+
+
+def clips_of(samples: list[dict], settings: VideoSettings) -> list[tuple[np.ndarray, float]]:
+    """(frames, fps) of training-format samples, decoded at the model's frame size; a sample's
+    recorded fps (its segment's nominal rate) wins over the container's."""
+    clips = [decode_video(s["video"], settings) for s in samples]
+    return [
+        (frames, float(s.get("fps") or fps))
+        for s, (frames, fps) in zip(samples, clips, strict=True)
+    ]
 
 
 def build_inputs(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import queue
 import shutil
 import threading
@@ -14,11 +15,13 @@ from pathlib import Path
 import av
 import numpy as np
 
+from qwenvl.cli import atomic_write_text
 from qwenvl.rawdata import MissingClipData, RawDataset
 from qwenvl.segments import SEGMENT_FRAMES, ClipError, Segment, make_segments
 
 SEGMENT_FPS = 30
 SOURCE = "source.json"  # in the segments folder: the dataset root and camera they were cut from
+CLIP_RESULTS = "clips"  # in a run's staging folder: one JSON per clip finished
 
 
 def output_size(width: int, height: int, max_width: int) -> tuple[int, int]:
@@ -185,3 +188,35 @@ def _manifest_row(clip_id: str, chunk: int, seg: Segment) -> dict:
         "future_speed": seg.future[:, 0].tolist(),
         "future_curvature": seg.future[:, 1].tolist(),
     }
+
+
+_datasets: dict[tuple[str, str], RawDataset] = {}
+
+
+def segment_clip_task(
+    root: str, camera: str, clip_id: str, chunk: int, output_dir: str, max_width: int
+) -> dict:
+    """Segment one clip into `output_dir` and record the outcome in clips/<clip_id>.json:
+    {"clip_id", "rows", "dropped"} or {"clip_id", "skipped"}. The record is written last and
+    atomically, so its presence means the clip is complete (what --resume relies on). Runs in
+    a worker process, local or on a Ray node; a worker keeps its open zips between clips."""
+    dataset = _datasets.setdefault((root, camera), RawDataset(Path(root), camera))
+    out = Path(output_dir)
+    try:
+        rows, dropped = process_clip(dataset, clip_id, int(chunk), out, max_width)
+        result = {"clip_id": clip_id, "rows": rows, "dropped": dropped}
+    except ClipError as err:
+        result = {"clip_id": clip_id, "skipped": str(err)}
+    record = out / CLIP_RESULTS / f"{clip_id}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(result))
+    return result
+
+
+def finished_clips(staging: Path) -> dict[str, dict]:
+    """The clip records of an interrupted run's staging folder (clip_id -> record)."""
+    records = {}
+    for path in sorted((staging / CLIP_RESULTS).glob("*.json")):
+        record = json.loads(path.read_text())
+        records[record["clip_id"]] = record
+    return records

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from qwenvl.cli import (
@@ -96,30 +98,42 @@ def train_future(args: argparse.Namespace) -> np.ndarray | None:
     return np.array([pairs_of(s, "future") for s in read_samples(path)])
 
 
+def generate_records(args, loaded, samples: list[dict], rank: int, world: int) -> list[dict]:
+    """prediction records of this rank's share (every world-th sample), with their index."""
+    from qwenvl.inference import clips_of, generate_answers
+
+    share = list(enumerate(samples))[rank::world]
+    records = []
+    with tqdm(total=len(share), desc="generating", unit="clip", disable=rank != 0) as bar:
+        for start in range(0, len(share), args.batch_size):
+            batch = share[start : start + args.batch_size]
+            clips = clips_of([s for _, s in batch], loaded.settings)
+            texts = generate_answers(
+                loaded, clips, max_new_tokens=args.max_new_tokens, constrained=args.constrained
+            )
+            for (index, sample), text in zip(batch, texts, strict=True):
+                records.append({"index": index, **prediction_record(sample, text)})
+            bar.update(len(batch))
+    return records
+
+
 def run(args: argparse.Namespace) -> int:
+    rank, world = distributed_rank()
     check_output_dir(args.output_dir, args.overwrite_output)
     samples = read_samples(Path(args.test_json), args.max_samples)
     if not samples:
         raise UserError(f"{args.test_json}: no samples")
-    from qwenvl.inference import generate_answers
-    from qwenvl.video import decode_video
-
+    if world > 1 and args.device is None and torch.cuda.is_available():
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"  # one GPU per rank
     loaded = load_inference_model(args, args.model_path, data_dir=Path(args.test_json).parent)
-    print(f"{args.model_path}: {loaded.describe()}")
-    records = []
-    with tqdm(total=len(samples), desc="generating", unit="clip") as bar:
-        for start in range(0, len(samples), args.batch_size):
-            batch = samples[start : start + args.batch_size]
-            clips = [decode_video(s["video"], loaded.settings) for s in batch]
-            clips = [
-                (frames, float(s.get("fps") or fps))
-                for s, (frames, fps) in zip(batch, clips, strict=True)
-            ]
-            texts = generate_answers(
-                loaded, clips, max_new_tokens=args.max_new_tokens, constrained=args.constrained
-            )
-            records += [prediction_record(s, t) for s, t in zip(batch, texts, strict=True)]
-            bar.update(len(batch))
+    ranks = f" x {world} ranks" if world > 1 else ""
+    if rank == 0:
+        print(f"{args.model_path}: {loaded.describe()}{ranks}")
+    records = gather_records(generate_records(args, loaded, samples, rank, world), world)
+    if rank != 0:
+        return 0
+    for record in records:
+        del record["index"]
     metrics = score(records, train_future(args))
     metrics["model_path"] = args.model_path
     metrics["decoding"] = "constrained" if args.constrained else "free"
@@ -135,9 +149,43 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size); under torchrun the process group is set up here (NCCL with GPUs,
+    gloo without)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return torch.distributed.get_rank(), world
+
+
+def gather_records(records: list[dict], world: int) -> list[dict]:
+    """Every rank's records on every rank, in the order of test.json whatever the world size."""
+    if world > 1:
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, records)
+        records = [r for part in gathered for r in part]
+    return sorted(records, key=lambda r: r["index"])
+
+
+def relaunch_under_torchrun(argv: list[str]) -> None:
+    """NPROC_PER_NODE=N without torchrun: run this script again under torchrun, N ranks."""
+    nproc = int(os.environ.get("NPROC_PER_NODE", "1") or 1)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += ["--nproc_per_node", str(nproc), __file__, *argv]
+        os.execv(sys.executable, command)
+
+
 def main(argv: list[str] | None = None) -> int:
     return cli_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    relaunch_under_torchrun(sys.argv[1:])
+    status = main()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.exit(status)

@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Cut downloaded clips into 1-second, 30-frame segments labelled with the next second's motion.
 
+Runs on local worker processes, or with --ray on a Ray cluster (one task per clip). Work goes to
+a hidden staging folder beside the output and is renamed into place at the end; an interrupted
+run continues with --resume, keeping every clip it had finished.
+
 Reads the dataset as NVIDIA ships it (root clip_index.parquet, features.csv, the chunk zips as
 downloaded or extracted), processes the valid clips of the chunks present, decodes each clip
 once, and writes one H.264 mp4 per segment, manifest.parquet (timestamps, labels, official
@@ -12,17 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from qwenvl.cli import UserError, atomic_output_dir, atomic_write_text, check_output_dir, cli_main
-from qwenvl.prep import SOURCE, process_clip
+from qwenvl.cli import UserError, atomic_write_text, check_output_dir, cli_main
+from qwenvl.prep import CLIP_RESULTS, SOURCE, finished_clips, segment_clip_task
 from qwenvl.rawdata import DEFAULT_CAMERA, ClipSelection, RawDataset
-from qwenvl.segments import ClipError
 
 MANIFEST = "manifest.parquet"
 
@@ -51,27 +56,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="parallel clip workers (default: %(default)s)",
     )
     parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run each clip as a Ray task: on the cluster at ADDRESS (e.g. auto, after "
+        "`ray start` on the nodes), or on a local Ray when no address is given; --data-dir "
+        "and --output-dir must be on storage every node sees",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into the same --output-dir, keeping its finished clips",
+    )
+    parser.add_argument(
         "--overwrite-output", action="store_true", help="replace an existing output directory"
     )
     args = parser.parse_args(argv)
     if args.max_width < 32 or args.workers < 1:
         parser.error("--max-width must be >= 32 and --workers >= 1")
     return args
-
-
-_dataset: RawDataset | None = None
-
-
-def _work(task: tuple[str, str, str, int, str, int]) -> tuple[str, tuple | str]:
-    """Worker entry: (clip_id, (rows, dropped segments)), or (clip_id, cause) when skipped."""
-    global _dataset
-    root, camera, clip_id, chunk, output_dir, max_width = task
-    if _dataset is None or str(_dataset.root) != root:
-        _dataset = RawDataset(Path(root), camera)
-    try:
-        return clip_id, process_clip(_dataset, clip_id, chunk, Path(output_dir), max_width)
-    except ClipError as err:
-        return clip_id, str(err)
 
 
 def select(dataset: RawDataset) -> ClipSelection:
@@ -90,64 +94,121 @@ def select(dataset: RawDataset) -> ClipSelection:
     return selection
 
 
+def _task(args_tuple: tuple) -> dict:
+    return segment_clip_task(*args_tuple)
+
+
+def run_local(tasks: list[tuple], workers: int) -> Iterator[dict]:
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_task, tasks)
+
+
+def run_on_ray(tasks: list[tuple], address: str) -> Iterator[dict]:
+    """Each clip a Ray task (one CPU); results as they finish. Ray tasks rather than Ray Data:
+    clips are independent files whose outputs are written by the task itself, so a task per
+    clip is the whole plan, and finished clips are what --resume keeps."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray: uv sync --extra ray (or pip install ray)") from None
+    ray.init(address=None if address == "local" else address, include_dashboard=False)
+    try:
+        remote = ray.remote(num_cpus=1)(segment_clip_task)
+        pending = [remote.remote(*task) for task in tasks]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        ray.shutdown()
+
+
+def staging_for(output: Path, resume: bool) -> Path:
+    """The run's staging folder: a hidden sibling of the output, kept by --resume."""
+    staging = output.parent / f".{output.name}.partial"
+    if staging.exists() and not resume:
+        print(f"note: discarding an interrupted run's work in {staging} (--resume keeps it)")
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
 def segment_all(
-    dataset: RawDataset, selection: ClipSelection, args: argparse.Namespace, tmp: Path
-) -> tuple[list[dict], dict[str, str], dict[str, str]]:
-    """(manifest rows, skipped clip -> why, dropped segment -> why) over a pool of workers."""
-    rows: list[dict] = []
-    skipped: dict[str, str] = dict(selection.unavailable)
-    dropped: dict[str, str] = {}
+    dataset: RawDataset, selection: ClipSelection, args: argparse.Namespace, staging: Path
+) -> list[dict]:
+    """Every clip's record: those finished before (--resume) and those segmented now."""
+    records = finished_clips(staging)
+    todo = [(c, int(k)) for c, k in selection.clips["chunk"].items() if c not in records]
+    if records:
+        print(f"resuming: {len(records)} clips already segmented, {len(todo)} to go")
+    for clip_id, _ in todo:  # a clip without its record was cut off midway: redo it whole
+        shutil.rmtree(staging / "videos" / clip_id, ignore_errors=True)
     tasks = [
-        (str(dataset.root), args.camera, clip_id, int(chunk), str(tmp), args.max_width)
-        for clip_id, chunk in selection.clips["chunk"].items()
+        (str(dataset.root), args.camera, clip_id, chunk, str(staging), args.max_width)
+        for clip_id, chunk in todo
     ]
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        results = pool.map(_work, tasks)
-        for clip_id, result in tqdm(
-            results, total=len(tasks), desc="segmenting clips", unit="clip"
-        ):
-            if isinstance(result, str):
-                skipped[clip_id] = result
-                tqdm.write(f"skipped clip {clip_id}: {result}", file=sys.stderr)
-                continue
-            clip_rows, clip_dropped = result
-            split = selection.clips.at[clip_id, "split"]
-            rows += [{**row, "split": split} for row in clip_rows]
-            dropped.update(clip_dropped)
-    return rows, skipped, dropped
+    results = run_on_ray(tasks, args.ray) if args.ray else run_local(tasks, args.workers)
+    for record in tqdm(results, total=len(tasks), desc="segmenting clips", unit="clip"):
+        records[record["clip_id"]] = record
+        if "skipped" in record:
+            tqdm.write(f"skipped clip {record['clip_id']}: {record['skipped']}", file=sys.stderr)
+    return [records[c] for c in selection.clips.index if c in records]
+
+
+def write_outputs(records: list[dict], selection: ClipSelection, args, staging: Path) -> dict:
+    """manifest.parquet, skipped.json, dropped_segments.json, summary.json and source.json."""
+    skipped = dict(selection.unavailable)
+    skipped.update({r["clip_id"]: r["skipped"] for r in records if "skipped" in r})
+    dropped = {k: v for r in records for k, v in r.get("dropped", {}).items()}
+    rows = [
+        {**row, "split": selection.clips.at[r["clip_id"], "split"]}
+        for r in records
+        for row in r.get("rows", [])
+    ]
+    if not rows:
+        raise UserError(f"{args.data_dir}: no clip produced a segment ({len(skipped)} skipped)")
+    manifest = pd.DataFrame(rows).sort_values(["clip_id", "segment_index"], ignore_index=True)
+    manifest.to_parquet(staging / MANIFEST, index=False)
+    summary = {
+        "clips_segmented": int(manifest["clip_id"].nunique()),
+        "segments": len(manifest),
+        "clips_skipped": len(skipped),
+        "segments_dropped": len(dropped),
+        "clips_invalid": len(selection.invalid),
+        "clips_in_chunks_not_downloaded": selection.not_downloaded,
+    }
+    source = {"data_dir": str(Path(args.data_dir).resolve()), "camera": args.camera}
+    for name, content in (
+        ("skipped.json", skipped),
+        ("dropped_segments.json", dropped),
+        ("summary.json", summary),
+        (SOURCE, source),
+    ):
+        atomic_write_text(staging / name, json.dumps(content, indent=2, sort_keys=True) + "\n")
+    return summary
 
 
 def run(args: argparse.Namespace) -> int:
     dataset = RawDataset(Path(args.data_dir), args.camera)
     selection = select(dataset)
-    check_output_dir(args.output_dir, args.overwrite_output)
-    with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
-        rows, skipped, dropped = segment_all(dataset, selection, args, tmp)
-        if not rows:
-            raise UserError(f"{args.data_dir}: no clip produced a segment ({len(skipped)} skipped)")
-        manifest = pd.DataFrame(rows).sort_values(["clip_id", "segment_index"], ignore_index=True)
-        manifest.to_parquet(tmp / MANIFEST, index=False)
-        summary = {
-            "clips_segmented": int(manifest["clip_id"].nunique()),
-            "segments": len(manifest),
-            "clips_skipped": len(skipped),
-            "segments_dropped": len(dropped),
-            "clips_invalid": len(selection.invalid),
-            "clips_in_chunks_not_downloaded": selection.not_downloaded,
-        }
-        source = {"data_dir": str(dataset.root.resolve()), "camera": args.camera}
-        for name, content in (
-            ("skipped.json", skipped),
-            ("dropped_segments.json", dropped),
-            ("summary.json", summary),
-            (SOURCE, source),
-        ):
-            atomic_write_text(tmp / name, json.dumps(content, indent=2, sort_keys=True) + "\n")
+    output = check_output_dir(args.output_dir, args.overwrite_output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_for(output, args.resume)
+    records = segment_all(dataset, selection, args, staging)
+    try:
+        summary = write_outputs(records, selection, args, staging)
+    except UserError:  # nothing to keep: no clip gave a segment
+        shutil.rmtree(staging)
+        raise
+    shutil.rmtree(staging / CLIP_RESULTS)
+    if output.exists():
+        shutil.rmtree(output) if output.is_dir() else output.unlink()
+    staging.rename(output)
     print(
-        f"{summary['clips_segmented']} clips -> {len(manifest)} segments in {args.output_dir} "
-        f"({len(skipped)} clips skipped, {len(dropped)} segments dropped, "
-        f"{len(selection.invalid)} invalid clips and {selection.not_downloaded} clips of chunks "
-        "not downloaded left out)"
+        f"{summary['clips_segmented']} clips -> {summary['segments']} segments in "
+        f"{args.output_dir} ({summary['clips_skipped']} clips skipped, "
+        f"{summary['segments_dropped']} segments dropped, {summary['clips_invalid']} invalid "
+        f"clips and {summary['clips_in_chunks_not_downloaded']} clips of chunks not "
+        "downloaded left out)"
     )
     return 0
 

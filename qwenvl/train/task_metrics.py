@@ -10,9 +10,9 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from qwenvl.answer import AnswerFormat, AnswerParseError, parse_pairs
 from qwenvl.evaluation import pairs_of
-from qwenvl.inference import LoadedModel, generate_answers
+from qwenvl.inference import LoadedModel, clips_of, generate_answers
 from qwenvl.metrics import error_metrics
-from qwenvl.video import VideoSettings, decode_video
+from qwenvl.video import VideoSettings
 
 # Logged next to eval_loss; error_metrics' keys -> the Trainer's names.
 LOGGED = {
@@ -62,11 +62,7 @@ class GenerationMetrics:
                 batch = share[b * self.batch_size : (b + 1) * self.batch_size]
                 real = len(batch)
                 batch = batch or self.samples[:1]  # a stand-in, its answer dropped
-                clips = [decode_video(s["video"], self.settings) for s in batch]
-                clips = [
-                    (f, float(s.get("fps") or fps))
-                    for s, (f, fps) in zip(batch, clips, strict=True)
-                ]
+                clips = clips_of(batch, self.settings)
                 texts = generate_answers(loaded, clips, constrained=True, synced_gpus=synced)
                 for sample, text in zip(batch[:real], texts[:real], strict=True):
                     try:  # the grammar makes every answer parse; the guard keeps training safe
