@@ -111,7 +111,10 @@ def run_on_ray(tasks: list[tuple], address: str) -> Iterator[dict]:
         import ray
     except ImportError:
         raise UserError("--ray needs Ray: uv sync --extra ray (or pip install ray)") from None
-    ray.init(address=None if address == "local" else address, include_dashboard=False)
+    try:
+        ray.init(address=None if address == "local" else address, include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise UserError(f"--ray {address}: cannot join Ray ({str(err).splitlines()[0]})") from None
     try:
         remote = ray.remote(num_cpus=1)(segment_clip_task)
         pending = [remote.remote(*task) for task in tasks]
