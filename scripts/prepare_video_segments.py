@@ -107,6 +107,9 @@ def run_on_ray(tasks: list[tuple], address: str) -> Iterator[dict]:
     """Each clip a Ray task (one CPU); results as they finish. Ray tasks rather than Ray Data:
     clips are independent files whose outputs are written by the task itself, so a task per
     clip is the whole plan, and finished clips are what --resume keeps."""
+    # Started under `uv run` (as `make test` does), Ray would start its workers through
+    # `uv run` too, which needs uv on every node's PATH; they use this interpreter instead.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         import ray
     except ImportError:
