@@ -91,6 +91,18 @@ def add_inference_arguments(parser) -> None:
     )
 
 
+def add_generation_arguments(parser, free_help: str) -> None:
+    """Options of the scripts that generate answers: budget and decoding."""
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="generation budget (default: fitted to the widest answer of the model's format)",
+    )
+    parser.add_argument(
+        "--no-constrained", dest="constrained", action="store_false", help=free_help
+    )
+
+
 def load_inference_model(args, model_path: str, data_dir: str | Path | None = None):
     """load_for_inference for a script: a bad device or a model that cannot load is one line."""
     from qwenvl.inference import load_for_inference

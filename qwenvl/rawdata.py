@@ -73,16 +73,23 @@ def read_features_csv(path: Path) -> pd.DataFrame:
     return table
 
 
+def read_by_clip(path: Path) -> pd.DataFrame:
+    """A parquet table of the dataset indexed by clip_id (string): the dataset stores clip_id
+    as the index; a clip_id column is accepted too."""
+    table = pd.read_parquet(path)
+    if "clip_id" in table.columns:
+        table = table.set_index("clip_id")
+    table.index = table.index.astype(str)
+    table.index.name = "clip_id"
+    return table
+
+
 def read_clip_index(path: Path) -> pd.DataFrame:
     """The clip index, indexed by clip_id (the dataset stores it as the index; a clip_id column
     is accepted too), with an int `chunk` column and `split` / `clip_is_valid` where present."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: clip index not found (is this the dataset root?)")
-    index = pd.read_parquet(path)
-    if "clip_id" in index.columns:
-        index = index.set_index("clip_id")
-    index.index = index.index.astype(str)
-    index.index.name = "clip_id"
+    index = read_by_clip(path)
     if "chunk" not in index.columns:
         raise ValueError(f"{path}: no 'chunk' column")
     index["chunk"] = index["chunk"].astype("int64")
@@ -94,11 +101,7 @@ def read_split_labels(root: Path, split_name: str) -> pd.Series:
     path = root / SPLITS_DIR / f"{split_name}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: split file not found")
-    labels = pd.read_parquet(path)
-    if "clip_id" in labels.columns:
-        labels = labels.set_index("clip_id")
-    labels.index = labels.index.astype(str)
-    return labels["split"].astype(str)
+    return read_by_clip(path)["split"].astype(str)
 
 
 class MissingClipData(FileNotFoundError):
@@ -151,11 +154,7 @@ class RawDataset:
         for name in FEATURE_PRESENCE:
             path = self.root / name
             if path.is_file():
-                table = pd.read_parquet(path)
-                if "clip_id" in table.columns:
-                    table = table.set_index("clip_id")
-                table.index = table.index.astype(str)
-                return table.select_dtypes(include=bool)
+                return read_by_clip(path).select_dtypes(include=bool)
         return None
 
     def chunk_file(self, feature: str, chunk: int) -> str:

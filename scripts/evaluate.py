@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from qwenvl.cli import (
     UserError,
+    add_generation_arguments,
     add_inference_arguments,
     atomic_output_dir,
     check_output_dir,
@@ -56,17 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="clips per generation batch (default: %(default)s)",
     )
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
-    parser.add_argument(
-        "--max-new-tokens",
-        type=int,
-        help="generation budget (default: fitted to the widest answer of the model's format)",
-    )
-    parser.add_argument(
-        "--no-constrained",
-        dest="constrained",
-        action="store_false",
-        help="free decoding: measure raw format-following (unparsed answers are counted) "
-        "instead of constraining every answer to the answer grammar",
+    add_generation_arguments(
+        parser,
+        "free decoding: measure raw format-following (unparsed answers are counted) instead "
+        "of constraining every answer to the answer grammar",
     )
     parser.add_argument(
         "--output-dir", required=True, help="where predictions, metrics, report and plots go"

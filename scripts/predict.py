@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qwenvl.cli import add_inference_arguments, load_inference_model, main_guard
+from qwenvl.cli import (
+    add_generation_arguments,
+    add_inference_arguments,
+    load_inference_model,
+    main_guard,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,16 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model-path", required=True, help="fine-tuned model, LoRA adapter, or base model"
     )
     add_inference_arguments(parser)
-    parser.add_argument(
-        "--max-new-tokens",
-        type=int,
-        help="generation budget (default: fitted to the widest answer of the model's format)",
-    )
-    parser.add_argument(
-        "--no-constrained",
-        dest="constrained",
-        action="store_false",
-        help="free decoding instead of constraining the answer to the answer grammar",
+    add_generation_arguments(
+        parser, "free decoding instead of constraining the answer to the answer grammar"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per clip")
     args = parser.parse_args(argv)
