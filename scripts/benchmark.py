@@ -429,8 +429,14 @@ def bench_train_config(
     from qwenvl.architectures import PUBLISHED_PARAMETERS, parameter_count, published_config
     from qwenvl.data import load_samples
     from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
-    from qwenvl.train.compute import peak_tflops
-    from qwenvl.train.model import LoraSettings, TuneFlags, resolve_device, setup_training
+    from qwenvl.train.compute import estimated_flops, peak_tflops
+    from qwenvl.train.model import (
+        LoraSettings,
+        TuneFlags,
+        parameter_counts,
+        resolve_device,
+        setup_training,
+    )
     from qwenvl.video import VideoSettings
 
     processor = AutoProcessor.from_pretrained(tokenizer_path)
@@ -490,9 +496,7 @@ def bench_train_config(
                     step()  # warm-up
                     seconds = best_time(step, repeats)
                     tokens_per_step = int(batch["attention_mask"].sum())
-                    n_all = sum(p.numel() for p in model.parameters())
-                    n_trained = sum(p.numel() for p in trained)
-                    flops = tokens_per_step * (4 * n_all + 2 * n_trained)
+                    flops = estimated_flops(tokens_per_step, *parameter_counts(model))
                     row.update(
                         s_per_step=seconds,
                         tokens_per_s=tokens_per_step / seconds,

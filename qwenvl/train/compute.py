@@ -16,6 +16,7 @@ import torch
 from transformers import TrainerCallback
 
 from qwenvl.cli import atomic_write_text
+from qwenvl.train.model import parameter_counts
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "compute.json"
@@ -47,10 +48,9 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
-def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(all, trained) parameters; under ZeRO-3 a parameter's ds_numel is its full size."""
-    sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
-    return sum(n for n, _ in sizes), sum(n for n, grad in sizes if grad)
+def estimated_flops(tokens: int, parameters: int, trained: int) -> int:
+    """Training FLOPs by FLOPS_FORMULA."""
+    return tokens * (4 * parameters + 2 * trained)
 
 
 def build_report(
@@ -69,7 +69,7 @@ def build_report(
     tokens = int(state.num_input_tokens_seen or 0)
     samples = state.global_step * batch_per_step
     total, trained = parameters
-    flops = tokens * (4 * total + 2 * trained)
+    flops = estimated_flops(tokens, total, trained)
     device_hours = wall * world_size / 3600
     mfu = flops / (wall * world_size * peak * 1e12) if peak and wall > 0 else None
     return {

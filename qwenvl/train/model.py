@@ -210,9 +210,13 @@ def setup_training(
     return model
 
 
-def trainable_summary(model: torch.nn.Module) -> str:
-    # Under ZeRO-3 a parameter holds only its shard; ds_numel is its full size.
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(all, trained) parameters; under ZeRO-3 a parameter holds only its shard, and its
+    ds_numel is its full size."""
     sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
-    total = sum(n for n, _ in sizes)
-    trainable = sum(n for n, grad in sizes if grad)
+    return sum(n for n, _ in sizes), sum(n for n, grad in sizes if grad)
+
+
+def trainable_summary(model: torch.nn.Module) -> str:
+    total, trainable = parameter_counts(model)
     return f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
