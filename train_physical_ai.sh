@@ -2,8 +2,9 @@
 # Full fine-tuning of Qwen3-VL with DeepSpeed ZeRO-3. Every setting is an env var:
 #   NPROC_PER_NODE=2 ./train_physical_ai.sh
 # Settings shared with the LoRA launcher (data, video, GPUs, nodes) are in scripts/launch_common.sh.
+# Relative paths in the settings are the caller's folder's. Extra arguments go to train.py.
 set -euo pipefail
-cd "$(dirname "$0")"
+PROJECT="$(cd "$(dirname "$0")" && pwd)"
 
 # --- full fine-tuning defaults (the seed guide's)
 OUTPUT_DIR="${OUTPUT_DIR:-checkpoints/physical_ai_driving}"
@@ -16,11 +17,12 @@ MM_PROJECTOR_LR="${MM_PROJECTOR_LR:-}"                # optional per-module lear
 VISION_TOWER_LR="${VISION_TOWER_LR:-}"
 DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG-zero3.json}"     # zero3_offload.json offloads to CPU; "" = none
 
-source scripts/launch_common.sh
+source "$PROJECT/scripts/launch_common.sh"
 
+SETTINGS=("${COMMON_SETTINGS[@]}" MM_PROJECTOR_LR VISION_TOWER_LR)
+run_preflight full "${SETTINGS[@]}"
+print_settings "${SETTINGS[@]}"
 EXTRA_ARGS=()
 [ -n "$MM_PROJECTOR_LR" ] && EXTRA_ARGS+=(--mm_projector_lr "$MM_PROJECTOR_LR")
 [ -n "$VISION_TOWER_LR" ] && EXTRA_ARGS+=(--vision_tower_lr "$VISION_TOWER_LR")
-
-print_settings "${COMMON_SETTINGS[@]}" MM_PROJECTOR_LR VISION_TOWER_LR
-exec "${TORCHRUN[@]}" scripts/train.py "${COMMON_ARGS[@]}" "${EXTRA_ARGS[@]}" "$@"
+torchrun_train "${EXTRA_ARGS[@]}" "$@"

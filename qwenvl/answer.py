@@ -1,30 +1,24 @@
-"""The prompt and the answer format: 30 (forward speed m/s, curvature 1/m) pairs as text."""
+"""The answer format: 30 (forward speed m/s, curvature 1/m) pairs as text, its strict parser and
+its grammar, all from the same settings."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
+
+from qwenvl.files import StoredSettings
 
 NUM_PAIRS = 30
 CLIP_FPS = 30
-FORMAT_FILE = "answer_format.json"
 # Integer digits an answer holds: |velocity| < 100 m/s, |curvature| < 10 1/m. Driving data
 # stays far inside (about 40 m/s; curvature mostly under 0.2 1/m, a 5 m turning radius); a
 # value beyond is written as the widest value of its sign (99.9, -9.999 at 1/3 decimals), so
 # every answer, label or prediction, stays within the grammar.
 VELOCITY_DIGITS = 2
 CURVATURE_DIGITS = 1
-
-PROMPT = (
-    "This is a 1-second, 30 FPS front-camera driving clip. Predict the ego motion for the "
-    "next second: exactly 30 pairs of (velocity in m/s, curvature in 1/m), one per future "
-    "frame, as [(v, c), (v, c), ...]. Velocity is negative when reversing; curvature is "
-    "positive for a left turn. No prose, just the list."
-)
 
 # A decimal number as the answers write it: optional minus, digits, optional fraction. Looser
 # than the grammar (any decimals, leading zeros) so free decoding is judged on its numbers.
@@ -75,10 +69,11 @@ def parse_pairs(text: str, expected: int = NUM_PAIRS) -> list[tuple[float, float
 
 
 @dataclass(frozen=True)
-class AnswerFormat:
+class AnswerFormat(StoredSettings):
     """How answers are written: decimals of velocity and curvature. Stored with the dataset
     (answer_format.json beside train.json) and with every checkpoint trained on it."""
 
+    FILE: ClassVar[str] = "answer_format.json"
     velocity_decimals: int = 1
     curvature_decimals: int = 3
 
@@ -114,17 +109,3 @@ class AnswerFormat:
                 f"curvature ::= {number(CURVATURE_DIGITS, self.curvature_decimals)}",
             ]
         )
-
-    def save(self, directory: str | Path) -> None:
-        (Path(directory) / FORMAT_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, directory: str | Path) -> AnswerFormat | None:
-        """The format stored in a dataset or checkpoint directory, or None when there is none."""
-        path = Path(directory) / FORMAT_FILE
-        if not path.is_file():
-            return None
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: not a valid answer format ({err})") from None

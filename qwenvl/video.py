@@ -1,29 +1,37 @@
-"""Video settings shared by training, evaluation and prediction, and clip decoding for the model."""
+"""Video settings shared by training, evaluation and prediction, and clip decoding for the model.
+
+PyAV, torch and transformers are imported where clips are decoded, not at the top: the
+launchers read the settings' defaults and checks from here before any of them is needed.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
-import av
 import numpy as np
-import torch
-import torch.nn.functional as F
-from transformers.video_utils import VideoMetadata
 
-SETTINGS_FILE = "video_settings.json"
+from qwenvl.answer import CLIP_FPS
+from qwenvl.files import StoredSettings
+
+if TYPE_CHECKING:
+    import torch
+    from transformers.video_utils import VideoMetadata
+
 # Qwen3-VL: 16-pixel patches merged 2x2, so one visual token per 32x32 pixels per 2 frames.
 PIXEL_FACTOR = 32
 TEMPORAL_PATCH = 2
 
 
 @dataclass(frozen=True)
-class VideoSettings:
-    """How a clip is sampled and sized before the Qwen3-VL processor sees it."""
+class VideoSettings(StoredSettings):
+    """How a clip is sampled and sized before the Qwen3-VL processor sees it. Stored as
+    video_settings.json in every checkpoint; evaluation and prediction read it from there."""
 
+    FILE: ClassVar[str] = "video_settings.json"
     fps: float = 30.0
     """Frames per second sampled from the clip (the clip's own rate keeps every frame)."""
     min_frames: int = 16
@@ -58,17 +66,6 @@ class VideoSettings:
             if raw:
                 values[field.name] = float(raw) if field.name == "fps" else int(raw)
         return cls(**values)
-
-    def save(self, directory: str | Path) -> None:
-        (Path(directory) / SETTINGS_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, directory: str | Path) -> VideoSettings | None:
-        """The settings stored beside a checkpoint, or None when there are none."""
-        path = Path(directory) / SETTINGS_FILE
-        if not path.is_file():
-            return None
-        return cls(**json.loads(path.read_text()))
 
 
 def sample_indices(num_frames: int, clip_fps: float, settings: VideoSettings) -> np.ndarray:
@@ -110,6 +107,8 @@ def decode_video(
     converting to RGB (area filter), far cheaper than resizing float tensors afterwards. Train,
     evaluation and prediction all decode this way, so they see identical pixels.
     """
+    import av
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -130,6 +129,10 @@ def prepare_clip(
     frames: np.ndarray, clip_fps: float, settings: VideoSettings
 ) -> tuple[torch.Tensor, VideoMetadata]:
     """Sample and resize a clip; the metadata carries its real fps so timestamps are right."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.video_utils import VideoMetadata
+
     indices = sample_indices(len(frames), clip_fps, settings)
     video = torch.from_numpy(frames[indices]).permute(0, 3, 1, 2)
     h, w = frame_size(video.shape[2], video.shape[3], settings)
@@ -163,8 +166,6 @@ def describe_training_video(processor, settings: VideoSettings) -> None:
     Qwen3-VL's video processor bounds the pixels of the whole clip (frames x height x width),
     ours bound each frame; for the 1-second, 30 FPS segments both give the same size.
     """
-    from qwenvl.answer import CLIP_FPS
-
     frames = len(sample_indices(CLIP_FPS, CLIP_FPS, settings))
     video_processor = processor.video_processor
     video_processor.fps = settings.fps

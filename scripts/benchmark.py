@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qwenvl.cli import main_guard
+from qwenvl.cli import run_script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -106,10 +106,10 @@ def per_segment_reference(source: Path, starts: list[int], out_dir: Path) -> Non
 
 
 def bench_prep(work: Path, repeats: int, resolutions: str) -> dict:
-    from qwenvl.prep import process_clip
-    from qwenvl.rawdata import RawDataset
-    from qwenvl.segments import segment_starts
-    from qwenvl.synthetic import write_synthetic_dataset
+    from qwenvl.prepare.labels import segment_starts
+    from qwenvl.prepare.rawdata import RawDataset
+    from qwenvl.prepare.writer import process_clip
+    from qwenvl.standins.synthetic import write_synthetic_dataset
 
     results = {}
     for size in resolutions.split(","):
@@ -148,7 +148,7 @@ def bench_prep(work: Path, repeats: int, resolutions: str) -> dict:
 # ---------------------------------------------------------------- loader, train, generate
 
 
-def build_inputs(work: Path, model_path: str | None) -> tuple[str, Path]:
+def prepare_inputs(work: Path, model_path: str | None) -> tuple[str, Path]:
     """A tiny model (unless given) and training JSON from 2 synthetic 640x360 clips."""
     import subprocess
 
@@ -210,8 +210,10 @@ def bench_loader(model_path: str, train_json: Path, repeats: int) -> dict:
     from qwen_vl_utils import process_vision_info
     from transformers import AutoProcessor
 
-    from qwenvl.data import load_samples
-    from qwenvl.data.preprocess import SupervisedDataset, VideoCollator, build_messages
+    from qwenvl.chat import model_messages
+    from qwenvl.data.collator import VideoCollator
+    from qwenvl.data.dataset import SupervisedDataset
+    from qwenvl.data.samples import load_samples
     from qwenvl.video import VideoSettings
 
     processor = AutoProcessor.from_pretrained(model_path)
@@ -233,7 +235,7 @@ def bench_loader(model_path: str, train_json: Path, repeats: int) -> dict:
 
     def reference():
         for sample in samples:
-            messages = build_messages(
+            messages = model_messages(
                 sample["conversations"][0]["value"].replace("<video>\n", ""),
                 sample["conversations"][1]["value"],
             )
@@ -271,15 +273,12 @@ def bench_train(
     import torch
     from transformers import AutoProcessor
 
-    from qwenvl.data import load_samples
-    from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
-    from qwenvl.train.model import (
-        LoraSettings,
-        TuneFlags,
-        load_model,
-        resolve_device,
-        setup_training,
-    )
+    from qwenvl.data.collator import VideoCollator
+    from qwenvl.data.dataset import SupervisedDataset
+    from qwenvl.data.samples import load_samples
+    from qwenvl.model import load_model, resolve_device
+    from qwenvl.train.settings import LoraSettings, TuneFlags
+    from qwenvl.train.setup import setup_training
     from qwenvl.video import VideoSettings
 
     target = resolve_device(device)
@@ -329,13 +328,10 @@ def bench_generate(
     time: generate() alone on ready inputs, and end to end with decoding and the processor."""
     import torch
 
-    from qwenvl.data import load_samples
-    from qwenvl.inference import (
-        answer_token_budget,
-        build_inputs,
-        generate_answers,
-        load_for_inference,
-    )
+    from qwenvl.chat import PromptSettings
+    from qwenvl.data.samples import load_samples
+    from qwenvl.inference.generate import answer_token_budget, build_inputs, generate_answers
+    from qwenvl.inference.load import load_for_inference
     from qwenvl.video import decode_video
 
     loaded = load_for_inference(model_path, device=device)
@@ -351,8 +347,9 @@ def bench_generate(
         "cache_implementation": "static",
     }
 
-    batched_inputs = build_inputs(loaded, clips)
-    single_inputs = [build_inputs(loaded, [c]) for c in clips]
+    user_text = PromptSettings().user_text()
+    batched_inputs = build_inputs(loaded, clips, [user_text] * len(clips))
+    single_inputs = [build_inputs(loaded, [c], [user_text]) for c in clips]
     with torch.inference_mode():
         model.generate(**single_inputs[0], max_new_tokens=2, cache_implementation="static")
         decoding = constrained_vs_free(loaded, batched_inputs, repeats)
@@ -360,8 +357,11 @@ def bench_generate(
         single = best_time(lambda: [model.generate(**i, **kwargs) for i in single_inputs], repeats)
         model.generation_config.min_new_tokens = new
         free = {"max_new_tokens": new, "constrained": False}
-        batched_e2e = best_time(lambda: generate_answers(loaded, clips, **free), 1)
-        single_e2e = best_time(lambda: [generate_answers(loaded, [c], **free) for c in clips], 1)
+        texts = [user_text] * len(clips)
+        batched_e2e = best_time(lambda: generate_answers(loaded, clips, texts, **free), 1)
+        single_e2e = best_time(
+            lambda: [generate_answers(loaded, [c], [user_text], **free) for c in clips], 1
+        )
         model.generation_config.min_new_tokens = None
     tokens = batch * new
     return {
@@ -383,7 +383,7 @@ def constrained_vs_free(loaded, inputs: dict, repeats: int) -> dict:
     import torch
     from xgrammar.contrib.hf import LogitsProcessor
 
-    from qwenvl.inference import answer_token_budget
+    from qwenvl.inference.generate import answer_token_budget
 
     tokenizer = loaded.processor.tokenizer
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -426,17 +426,18 @@ def bench_train_config(
     import torch
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-    from qwenvl.architectures import PUBLISHED_PARAMETERS, parameter_count, published_config
-    from qwenvl.data import load_samples
-    from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
-    from qwenvl.train.compute import estimated_flops, peak_tflops
-    from qwenvl.train.model import (
-        LoraSettings,
-        TuneFlags,
-        parameter_counts,
-        resolve_device,
-        setup_training,
+    from qwenvl.data.collator import VideoCollator
+    from qwenvl.data.dataset import SupervisedDataset
+    from qwenvl.data.samples import load_samples
+    from qwenvl.model import resolve_device
+    from qwenvl.standins.architectures import (
+        PUBLISHED_PARAMETERS,
+        parameter_count,
+        published_config,
     )
+    from qwenvl.train.compute import estimated_flops, peak_tflops
+    from qwenvl.train.settings import LoraSettings, TuneFlags
+    from qwenvl.train.setup import parameter_counts, setup_training
     from qwenvl.video import VideoSettings
 
     processor = AutoProcessor.from_pretrained(tokenizer_path)
@@ -526,9 +527,7 @@ def machine() -> dict:
     return info
 
 
-@main_guard
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     work_ctx = tempfile.TemporaryDirectory() if args.work_dir is None else None
     work = Path(args.work_dir or work_ctx.name)
     work.mkdir(parents=True, exist_ok=True)
@@ -537,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     if "prep" in wanted:
         results["prep"] = bench_prep(work, args.repeats, args.resolutions)
     if set(wanted) & {"loader", "train", "generate"}:
-        model_path, train_json = build_inputs(work, args.model_path)
+        model_path, train_json = prepare_inputs(work, args.model_path)
         for name, fn in (
             ("loader", bench_loader),
             ("train", bench_train),
@@ -557,6 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     if work_ctx is not None:
         work_ctx.cleanup()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from qwenvl.cli import UserError, atomic_write_text, cli_main
-from qwenvl.evaluation import comparison_table, standing
+from qwenvl.cli import UserError, run_script
+from qwenvl.evaluate.report import comparison_table, standing
+from qwenvl.files import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(parse_args, run, argv)
+    return run_script(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ from datasets import load_from_disk
 from tqdm import tqdm
 
 from qwenvl.answer import AnswerFormat
-from qwenvl.cli import UserError, atomic_output_dir, cli_main
-from qwenvl.data import SPLIT_FILES, training_sample
+from qwenvl.chat import PromptSettings, training_sample
+from qwenvl.cli import UserError, run_script
+from qwenvl.data import SPLIT_FILES
+from qwenvl.files import atomic_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.input_dir}: not a saved DatasetDict ({err})") from None
     try:
         answer_format = AnswerFormat.load(args.input_dir)
+        prompt = PromptSettings.load(args.input_dir)
     except ValueError as err:
         raise UserError(str(err)) from None
     if answer_format is None:
@@ -59,13 +62,15 @@ def run(args: argparse.Namespace) -> int:
             (tmp / filename).write_text(json.dumps(samples, indent=1) + "\n")
             counts[filename] = len(samples)
         answer_format.save(tmp)
+        if prompt is not None:
+            prompt.save(tmp)
     summary = ", ".join(f"{name} {n}" for name, n in counts.items())
     print(f"{summary} samples -> {output_dir}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(parse_args, run, argv)
+    return run_script(parse_args, run, argv)
 
 
 if __name__ == "__main__":

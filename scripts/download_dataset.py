@@ -19,8 +19,9 @@ import re
 import sys
 from pathlib import Path
 
-from qwenvl.cli import UserError, atomic_write_text, cli_main
-from qwenvl.rawdata import CALIBRATION_FEATURES, DEFAULT_CAMERA, EGOMOTION, HF_REPO_ID
+from qwenvl.cli import UserError, run_script
+from qwenvl.files import atomic_write_text
+from qwenvl.prepare.rawdata import CALIBRATION_FEATURES, DEFAULT_CAMERA, EGOMOTION, HF_REPO_ID
 
 REVISION_FILE = "dataset_revision.json"
 
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(parse_args, run, argv)
+    return run_script(parse_args, run, argv)
 
 
 if __name__ == "__main__":

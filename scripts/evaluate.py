@@ -15,26 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from qwenvl.cli import (
-    UserError,
-    add_generation_arguments,
-    add_inference_arguments,
-    atomic_output_dir,
-    check_output_dir,
-    cli_main,
-    load_inference_model,
-)
-from qwenvl.data import load_samples
-from qwenvl.evaluation import (
-    metrics_table,
-    pairs_of,
-    prediction_record,
-    score,
-    write_predictions,
-    write_report,
-)
+from qwenvl import distributed, record
+from qwenvl.chat import PromptSettings, prompt_mismatch
+from qwenvl.cli import UserError, add_generation_arguments, add_inference_arguments, run_script
+from qwenvl.data.samples import load_samples
+from qwenvl.evaluate.predictions import predict_samples, write_predictions
+from qwenvl.evaluate.report import metrics_table, score, write_report
+from qwenvl.files import atomic_output_dir, check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,45 +77,44 @@ def train_future(args: argparse.Namespace) -> np.ndarray | None:
     if not path.is_file():
         print(f"note: {path} not found; the train-set mean baseline is left out", file=sys.stderr)
         return None
-    return np.array([pairs_of(s, "future") for s in read_samples(path)])
+    return np.array([record.pairs(s, "future") for s in read_samples(path)])
 
 
-def generate_records(args, loaded, samples: list[dict], rank: int, world: int) -> list[dict]:
-    """prediction records of this rank's share (every world-th sample), with their index."""
-    from qwenvl.inference import clips_of, generate_answers
-
-    share = list(enumerate(samples))[rank::world]
-    records = []
-    with tqdm(total=len(share), desc="generating", unit="clip", disable=rank != 0) as bar:
-        for start in range(0, len(share), args.batch_size):
-            batch = share[start : start + args.batch_size]
-            clips = clips_of([s for _, s in batch], loaded.settings)
-            texts = generate_answers(
-                loaded, clips, max_new_tokens=args.max_new_tokens, constrained=args.constrained
-            )
-            for (index, sample), text in zip(batch, texts, strict=True):
-                records.append({"index": index, **prediction_record(sample, text)})
-            bar.update(len(batch))
-    return records
+def check_prompt(args: argparse.Namespace, model_prompt: PromptSettings | None) -> None:
+    """A model is evaluated on data built with the prompt it was trained on."""
+    data_dir = Path(args.test_json).parent
+    try:
+        data_prompt = PromptSettings.load(data_dir)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    mismatch = prompt_mismatch(model_prompt, data_prompt)
+    if mismatch:
+        raise UserError(
+            f"{args.model_path} was trained on another prompt than {args.test_json} holds "
+            f"({mismatch}); evaluate it on data built with its prompt"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    rank, world = distributed_rank()
+    rank, world = distributed.rank_and_world()
     check_output_dir(args.output_dir, args.overwrite_output)
     samples = read_samples(Path(args.test_json), args.max_samples)
     if not samples:
         raise UserError(f"{args.test_json}: no samples")
     if world > 1 and args.device is None and torch.cuda.is_available():
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"  # one GPU per rank
-    loaded = load_inference_model(args, args.model_path, data_dir=Path(args.test_json).parent)
+    from qwenvl.inference.load import load_for_script
+
+    loaded = load_for_script(args, args.model_path, data_dir=Path(args.test_json).parent)
+    check_prompt(args, loaded.prompt)
     ranks = f" x {world} ranks" if world > 1 else ""
     if rank == 0:
         print(f"{args.model_path}: {loaded.describe()}{ranks}")
-    records = gather_records(generate_records(args, loaded, samples, rank, world), world)
+    records = predict_samples(
+        loaded, samples, rank, world, args.batch_size, args.max_new_tokens, args.constrained
+    )
     if rank != 0:
         return 0
-    for record in records:
-        del record["index"]
     metrics = score(records, train_future(args))
     metrics["model_path"] = args.model_path
     metrics["decoding"] = "constrained" if args.constrained else "free"
@@ -143,43 +130,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size); under torchrun the process group is set up here (NCCL with GPUs,
-    gloo without)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    return torch.distributed.get_rank(), world
-
-
-def gather_records(records: list[dict], world: int) -> list[dict]:
-    """Every rank's records on every rank, in the order of test.json whatever the world size."""
-    if world > 1:
-        gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, records)
-        records = [r for part in gathered for r in part]
-    return sorted(records, key=lambda r: r["index"])
-
-
-def relaunch_under_torchrun(argv: list[str]) -> None:
-    """NPROC_PER_NODE=N without torchrun: run this script again under torchrun, N ranks."""
-    nproc = int(os.environ.get("NPROC_PER_NODE", "1") or 1)
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        command += ["--nproc_per_node", str(nproc), __file__, *argv]
-        os.execv(sys.executable, command)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(parse_args, run, argv)
+    return distributed.leave(run_script(parse_args, run, argv))
 
 
 if __name__ == "__main__":
-    relaunch_under_torchrun(sys.argv[1:])
-    status = main()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    sys.exit(status)
+    distributed.relaunch_under_torchrun(__file__, sys.argv[1:])
+    sys.exit(main())

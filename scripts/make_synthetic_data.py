@@ -12,13 +12,13 @@ directory and renamed into place at the end, so an interrupted run leaves no dat
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from qwenvl.synthetic import write_synthetic_dataset
+from qwenvl.cli import UserError, run_script
+from qwenvl.files import atomic_output_dir
+from qwenvl.standins.synthetic import write_synthetic_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,60 +55,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_output(output_dir: Path, overwrite: bool) -> None:
-    """Raise ValueError when writing to `output_dir` would clobber something not allowed."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"{output_dir} exists and is not a directory")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ValueError(f"{output_dir} exists and is not empty (pass --overwrite-output)")
-
-
-def move_into_place(staging: Path, output_dir: Path) -> None:
-    """Rename the finished `staging` directory onto `output_dir`, replacing any old one."""
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-        output_dir.rename(old)
-        staging.rename(output_dir)
-        shutil.rmtree(old)
-    else:
-        staging.rename(output_dir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    output_dir = args.output_dir.resolve()
-    staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
+def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    try:
-        check_output(output_dir, args.overwrite_output)
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        dataset = write_synthetic_dataset(
-            staging,
-            num_clips=args.num_clips,
-            clip_seconds=args.clip_seconds,
-            width=args.width,
-            height=args.height,
-            seed=args.seed,
-            chunk_size=args.chunk_size,
-            progress=not args.no_progress,
-            val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction,
-        )
-        move_into_place(staging, output_dir)
-    except (ValueError, OSError) as error:
-        print(f"make_synthetic_data: error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with atomic_output_dir(args.output_dir, args.overwrite_output) as staging:
+        try:
+            dataset = write_synthetic_dataset(
+                staging,
+                num_clips=args.num_clips,
+                clip_seconds=args.clip_seconds,
+                width=args.width,
+                height=args.height,
+                seed=args.seed,
+                chunk_size=args.chunk_size,
+                progress=not args.no_progress,
+                val_fraction=args.val_fraction,
+                test_fraction=args.test_fraction,
+            )
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        sizes = {path.relative_to(staging): path.stat().st_size / 1e6 for path in dataset.files}
     seconds = time.perf_counter() - start
     chunks = dataset.clip_index["chunk"].nunique()
-    print(f"wrote {len(dataset.clip_index)} clips in {chunks} chunks to {output_dir}")
-    for path in dataset.files:
-        relative = path.relative_to(staging)
-        size_mb = (output_dir / relative).stat().st_size / 1e6
+    print(f"wrote {len(dataset.clip_index)} clips in {chunks} chunks to {args.output_dir}")
+    for relative, size_mb in sizes.items():
         print(f"  {relative}  ({size_mb:.2f} MB)")
     print(f"{seconds:.1f} s, {seconds / len(dataset.clip_index):.2f} s per clip")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qwenvl.cli import atomic_output_dir, main_guard
+from qwenvl.cli import run_script
+from qwenvl.files import atomic_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,16 +26,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@main_guard
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
-        from qwenvl.tiny import build_tiny_model
+        from qwenvl.standins.tiny import build_tiny_model
 
         model = build_tiny_model(tmp, seed=args.seed)
         params = model.num_parameters()
     print(f"tiny Qwen3-VL ({params / 1e6:.2f}M parameters) and processor -> {args.output_dir}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Merge a LoRA adapter into its base model: a standalone model plus processor and video
-settings, ready for `from_pretrained`. Merges on the GPU when there is one (--device to choose).
+"""Merge a LoRA adapter into its base model: a standalone model with the processor, video
+settings, answer format and prompt it was trained with, ready for `from_pretrained`. Merges on
+the GPU when there is one (--device to choose).
 """
 
 from __future__ import annotations
@@ -10,14 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from qwenvl.cli import (
-    UserError,
-    add_inference_arguments,
-    atomic_output_dir,
-    check_output_dir,
-    load_inference_model,
-    main_guard,
-)
+from qwenvl.checkpoint import InferenceFiles
+from qwenvl.cli import UserError, add_inference_arguments, run_script
+from qwenvl.files import atomic_output_dir, check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,31 +29,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@main_guard
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     adapter = Path(args.adapter_path)
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json (not a LoRA adapter directory)")
     check_output_dir(args.output_dir, args.overwrite_output)
-    from qwenvl.video import describe_training_video
+    from qwenvl.inference.load import load_for_script
 
     base = (
         args.base_model
         or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     )
     args.base_model = base
-    loaded = load_inference_model(args, str(adapter))
+    loaded = load_for_script(args, str(adapter))
     print(f"{adapter}: {loaded.describe()}")
     merged = loaded.model.merge_and_unload()
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         merged.save_pretrained(tmp)
-        describe_training_video(loaded.processor, loaded.settings)
-        loaded.processor.save_pretrained(tmp)
-        loaded.settings.save(tmp)
-        loaded.answer_format.save(tmp)
+        files = InferenceFiles(
+            loaded.processor, loaded.settings, loaded.answer_format, loaded.prompt
+        )
+        files.save(tmp)
     print(f"merged {adapter} into {base} -> {args.output_dir}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qwenvl.cli import (
-    add_generation_arguments,
-    add_inference_arguments,
-    load_inference_model,
-    main_guard,
-)
+from qwenvl.cli import add_generation_arguments, add_inference_arguments, run_script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,13 +63,17 @@ def read_clip(video: str, settings) -> tuple[tuple[np.ndarray, float] | None, st
 def predict_one(loaded, video: str, args: argparse.Namespace) -> dict:
     """One clip's result: pairs, or the decode or parse error, with the raw text."""
     from qwenvl.answer import AnswerParseError, parse_pairs
-    from qwenvl.inference import generate_answers
+    from qwenvl.inference.generate import generate_answers
 
     clip, error = read_clip(video, loaded.settings)
     if clip is None:
         return {"video": video, "pairs": None, "error": error, "raw_text": None}
     text = generate_answers(
-        loaded, [clip], max_new_tokens=args.max_new_tokens, constrained=args.constrained
+        loaded,
+        [clip],
+        [loaded.user_prompt().user_text()],
+        max_new_tokens=args.max_new_tokens,
+        constrained=args.constrained,
     )[0]
     try:
         return {"video": video, "pairs": parse_pairs(text), "error": None, "raw_text": text}
@@ -87,10 +86,10 @@ def predict_one(loaded, video: str, args: argparse.Namespace) -> dict:
         }
 
 
-@main_guard
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    loaded = load_inference_model(args, args.model_path)
+def run(args: argparse.Namespace) -> int:
+    from qwenvl.inference.load import load_for_script
+
+    loaded = load_for_script(args, args.model_path)
     print(f"{args.model_path}: {loaded.describe()}", file=sys.stderr)
     fmt = loaded.answer_format
     failed = 0
@@ -107,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"{failed} of {len(args.videos)} clips failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,13 @@ from datasets import Dataset, DatasetDict
 from tqdm import tqdm
 
 from qwenvl.answer import AnswerFormat
-from qwenvl.cli import UserError, atomic_output_dir, check_output_dir, cli_main
-from qwenvl.prep import SOURCE
-from qwenvl.rawdata import read_split_labels
-from qwenvl.splits import SPLITS, build_split_rows, official_assignment, split_clips
+from qwenvl.chat import PromptSettings
+from qwenvl.cli import UserError, run_script
+from qwenvl.files import atomic_output_dir, check_output_dir
+from qwenvl.prepare.hf_dataset import build_split_rows
+from qwenvl.prepare.rawdata import read_split_labels
+from qwenvl.prepare.splits import SPLITS, official_assignment, split_clips
+from qwenvl.prepare.writer import SOURCE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -133,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     manifest = pd.read_parquet(manifest_path)
     assignment, described = clip_assignment(args, manifest)
-    rows = build_split_rows(manifest, segments_dir, assignment, answer_format)
+    prompt = PromptSettings()
+    rows = build_split_rows(manifest, segments_dir, assignment, prompt, answer_format)
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         splits = {}
         for name in tqdm(SPLITS, desc="building splits", unit="split"):
@@ -145,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         splits = {name: splits.get(name, empty) for name in SPLITS}
         DatasetDict(splits).save_to_disk(str(tmp), num_shards={name: 1 for name in SPLITS})
         answer_format.save(tmp)
+        prompt.save(tmp)
     counts = ", ".join(
         f"{name} {len({r['clip_id'] for r in rows[name]})} clips / {len(rows[name])} segments"
         for name in SPLITS
@@ -154,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(parse_args, run, argv)
+    return run_script(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from qwenvl.cli import UserError, atomic_write_text, check_output_dir, cli_main
-from qwenvl.prep import CLIP_RESULTS, SOURCE, finished_clips, segment_clip_task
-from qwenvl.rawdata import DEFAULT_CAMERA, ClipSelection, RawDataset
+from qwenvl.cli import UserError, run_script
+from qwenvl.files import atomic_write_text, check_output_dir, replace_path
+from qwenvl.prepare.rawdata import DEFAULT_CAMERA, ClipSelection, RawDataset
+from qwenvl.prepare.writer import CLIP_RESULTS, SOURCE, finished_clips, segment_clip_task
 
 MANIFEST = "manifest.parquet"
 
@@ -206,9 +207,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(staging)
         raise
     shutil.rmtree(staging / CLIP_RESULTS)
-    if output.exists():
-        shutil.rmtree(output) if output.is_dir() else output.unlink()
-    staging.rename(output)
+    replace_path(staging, output)
     print(
         f"{summary['clips_segmented']} clips -> {summary['segments']} segments in "
         f"{args.output_dir} ({summary['clips_skipped']} clips skipped, "
@@ -220,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(parse_args, run, argv)
+    return run_script(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -16,22 +16,21 @@ import torch
 import transformers
 from transformers import AutoProcessor, HfArgumentParser, TrainerCallback, set_seed
 
-from qwenvl.answer import AnswerFormat
-from qwenvl.cli import UserError, main_guard
-from qwenvl.data import answer_format_of, dataset_specs, load_samples
-from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
+from qwenvl import distributed
+from qwenvl.checkpoint import InferenceFiles
+from qwenvl.cli import UserError, run_script
+from qwenvl.data import dataset_specs
+from qwenvl.data.collator import VideoCollator
+from qwenvl.data.dataset import SupervisedDataset
+from qwenvl.data.samples import answer_format_of, load_samples, prompt_of
+from qwenvl.model import load_model, quantization_config
 from qwenvl.train.compute import ComputeReport
-from qwenvl.train.model import (
-    LoraSettings,
-    TuneFlags,
-    load_model,
-    quantization_config,
-    setup_training,
-    trainable_summary,
-)
+from qwenvl.train.resume import find_resume_checkpoint
+from qwenvl.train.settings import LoraSettings, TuneFlags, Tuning
+from qwenvl.train.setup import setup_training, trainable_summary
 from qwenvl.train.task_metrics import GenerationMetrics
-from qwenvl.train.trainer import QwenVLTrainer, find_resume_checkpoint
-from qwenvl.video import VideoSettings, describe_training_video
+from qwenvl.train.trainer import QwenVLTrainer
+from qwenvl.video import VideoSettings
 
 logger = logging.getLogger("train")
 
@@ -50,9 +49,11 @@ class ModelArguments:
     lora_enable: bool = field(
         default=False, metadata={"help": "train LoRA adapters instead of full weights"}
     )
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha (scale = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_r: int = field(default=LoraSettings.r, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(
+        default=LoraSettings.alpha, metadata={"help": "LoRA alpha (scale = alpha / r)"}
+    )
+    lora_dropout: float = field(default=LoraSettings.dropout, metadata={"help": "LoRA dropout"})
     mm_projector_lr: float | None = field(
         default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
     )
@@ -145,21 +146,15 @@ class TrainingArguments(transformers.TrainingArguments):
     )
 
 
-class SaveInferenceSettings(TrainerCallback):
-    """Store the processor (its video config set to training's), the video settings and the
-    answer format in every checkpoint, so each one is usable alone."""
+class SaveInferenceFiles(TrainerCallback):
+    """Store what a checkpoint needs beside its weights (qwenvl.checkpoint) in every one."""
 
-    def __init__(self, processor, settings: VideoSettings, answer_format: AnswerFormat) -> None:
-        self.processor, self.settings, self.answer_format = processor, settings, answer_format
-
-    def save(self, directory: str | Path) -> None:
-        self.processor.save_pretrained(directory)
-        self.settings.save(directory)
-        self.answer_format.save(directory)
+    def __init__(self, files: InferenceFiles) -> None:
+        self.files = files
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            self.files.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 class LogOptimizerGroups(TrainerCallback):
@@ -174,7 +169,9 @@ class LogOptimizerGroups(TrainerCallback):
             logger.info("optimizer %s groups: %s", type(optimizer).__name__, groups)
 
 
-def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def parse_args(argv: list[str] | None = None):
+    """(ModelArguments, DataArguments, TrainingArguments) of the command line."""
+    argv = sys.argv[1:] if argv is None else argv
     if torch.cuda.is_available():
         if not any(a.startswith(("--bf16", "--fp16")) for a in argv):
             argv = [*argv, "--bf16", "True"]
@@ -183,23 +180,40 @@ def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArgum
         # when the Trainer is told it runs on CPU.
         argv = [*argv, "--use_cpu", "True"]
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+        data_args.video_settings()
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if training_args.gradient_checkpointing_kwargs is None:
         training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
     return model_args, data_args, training_args
 
 
+def tune_flags(model_args: ModelArguments) -> TuneFlags:
+    return TuneFlags(model_args.tune_mm_vision, model_args.tune_mm_mlp, model_args.tune_mm_llm)
+
+
+def lora_settings(model_args: ModelArguments) -> LoraSettings | None:
+    if not model_args.lora_enable:
+        return None
+    return LoraSettings(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
+
+
+def tuning_of(model_args: ModelArguments) -> Tuning:
+    """What checkpoints record of how they were trained."""
+    return Tuning.of_run(tune_flags(model_args), lora_settings(model_args), model_args.quantization)
+
+
 def build_model(model_args: ModelArguments, training_args: TrainingArguments):
-    flags = TuneFlags(model_args.tune_mm_vision, model_args.tune_mm_mlp, model_args.tune_mm_llm)
+    flags = tune_flags(model_args)
     quantization = quantization_config(model_args.quantization)
     if quantization is not None and (not model_args.lora_enable or training_args.deepspeed):
         raise ValueError("QUANT=4bit is for LoRA without DeepSpeed (QLoRA)")
     model = load_model(
         model_args.model_name_or_path, model_args.attn_implementation, quantization=quantization
     )
-    lora = None
-    if model_args.lora_enable:
-        lora = LoraSettings(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
+    lora = lora_settings(model_args)
     model = setup_training(model, flags, lora, deepspeed=bool(training_args.deepspeed))
     logger.info(trainable_summary(model))
     return model
@@ -239,12 +253,8 @@ def generation_metrics(data_args, training_args, processor, settings, answer_for
     )
 
 
-def run(argv: list[str]) -> int:
-    try:
-        model_args, data_args, training_args = parse(argv)
-        settings = data_args.video_settings()
-    except ValueError as err:
-        raise UserError(str(err)) from None
+def run(parsed: tuple[ModelArguments, DataArguments, TrainingArguments]) -> int:
+    model_args, data_args, training_args = parsed
     logging.basicConfig(
         level=logging.INFO if training_args.local_rank in (-1, 0) else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
@@ -260,12 +270,14 @@ def run(argv: list[str]) -> int:
     try:
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
         train_set, eval_set, settings = build_datasets(data_args, training_args, processor)
-        answer_format = answer_format_of(dataset_specs(data_args.dataset_use))
+        specs = dataset_specs(data_args.dataset_use)
+        answer_format, prompt = answer_format_of(specs), prompt_of(specs)
         model = build_model(model_args, training_args)
     except (ValueError, OSError) as err:
         raise UserError(str(err).splitlines()[0]) from None
-    describe_training_video(processor, settings)
-    inference_settings = SaveInferenceSettings(processor, settings, answer_format)
+    inference_files = InferenceFiles(
+        processor, settings, answer_format, prompt, tuning_of(model_args)
+    )
     logger.info(
         "video settings: %s; %s; %d training samples", settings, answer_format, len(train_set)
     )
@@ -276,7 +288,7 @@ def run(argv: list[str]) -> int:
         eval_dataset=eval_set,
         data_collator=VideoCollator(processor.tokenizer.pad_token_id),
         callbacks=[
-            inference_settings,
+            SaveInferenceFiles(inference_files),
             LogOptimizerGroups(),
             ComputeReport(os.environ.get("PEAK_TFLOPS")),
         ],
@@ -295,32 +307,15 @@ def run(argv: list[str]) -> int:
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
-        inference_settings.save(training_args.output_dir)
+        inference_files.save(training_args.output_dir)
         logger.info("saved to %s", training_args.output_dir)
     return 0
 
 
-def leave_distributed(code: int) -> None:
-    """End a distributed rank once every rank is done and everything is written.
-
-    Interpreter teardown with gloo and DeepSpeed threads still alive sometimes aborts a rank
-    ("terminate called without an active exception") after a successful run, which fails the
-    whole job; all output is on disk by now, so the rank exits without that teardown.
-    """
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-@main_guard
 def main(argv: list[str] | None = None) -> int:
-    return run(sys.argv[1:] if argv is None else argv)
+    return distributed.leave(run_script(parse_args, run, argv), hard_exit=True)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    status = main()
-    leave_distributed(status)
-    sys.exit(status)
+    sys.exit(main())

@@ -11,16 +11,13 @@ from transformers import AutoProcessor
 from transformers.video_utils import VideoMetadata
 
 from qwenvl.answer import NUM_PAIRS, AnswerFormat
-from qwenvl.data import load_samples
-from qwenvl.data.preprocess import SupervisedDataset, VideoCollator
-from qwenvl.inference import answer_token_budget
-from qwenvl.train.model import (
-    LoraSettings,
-    TuneFlags,
-    load_model,
-    resolve_device,
-    setup_training,
-)
+from qwenvl.data.collator import VideoCollator
+from qwenvl.data.dataset import SupervisedDataset
+from qwenvl.data.samples import load_samples
+from qwenvl.inference.generate import answer_token_budget
+from qwenvl.model import load_model, resolve_device
+from qwenvl.train.settings import LoraSettings, TuneFlags
+from qwenvl.train.setup import setup_training
 from qwenvl.video import (
     PROCESSOR_VIDEO_KWARGS,
     VideoSettings,
@@ -75,7 +72,7 @@ def test_device_resolution_follows_cuda_and_rejects_what_is_not_there():
 
 
 def test_inference_loads_onto_the_asked_device_in_its_dtype(tiny_model_dir):
-    from qwenvl.inference import load_for_inference
+    from qwenvl.inference.load import load_for_inference
 
     loaded = load_for_inference(str(tiny_model_dir), device="cpu")
     assert loaded.model.device == torch.device("cpu") and loaded.model.dtype == torch.float32

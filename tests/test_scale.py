@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 from conftest import ROOT, free_port, run_script
 
-from qwenvl import rawdata
-from qwenvl.synthetic import write_synthetic_dataset
+from qwenvl.prepare import rawdata
+from qwenvl.standins.synthetic import write_synthetic_dataset
 
 SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
 

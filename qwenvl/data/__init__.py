@@ -1,13 +1,11 @@
-"""Dataset registry: named training-JSON files, `name%pct` sampling, and the training format."""
+"""Stage 2, data. This module is the dataset registry users know from qwen-vl-finetune: named
+training files and `name%pct` sampling. Reading them is in samples, the tokenised training
+dataset in dataset, batching in collator."""
 
 from __future__ import annotations
 
-import json
-import random
 import re
 from pathlib import Path
-
-from qwenvl.answer import PROMPT, AnswerFormat
 
 TRAINING_DIR = "qwen_video_dataset_training"
 SPLIT_FILES = {"train": "train.json", "validation": "val.json", "test": "test.json"}
@@ -67,56 +65,3 @@ def data_list(specs: list[str]) -> list[dict]:
         entry["sampling_rate"] = rate
         entries.append(entry)
     return entries
-
-
-def answer_format_of(specs: list[str]) -> AnswerFormat:
-    """The answer format the datasets were written with (answer_format.json beside each
-    training JSON; the default for files without one). Datasets must agree."""
-    found = {
-        AnswerFormat.load(Path(entry["annotation_path"]).parent) or AnswerFormat()
-        for entry in data_list(specs)
-    }
-    if len(found) > 1:
-        raise ValueError(
-            f"datasets written with different answer formats: {sorted(map(str, found))}"
-        )
-    return found.pop() if found else AnswerFormat()
-
-
-def load_samples(specs: list[str], seed: int = 42) -> list[dict]:
-    """All samples of the given datasets, each sampled by its rate, video paths made absolute."""
-    samples = []
-    for entry in data_list(specs):
-        path = Path(entry["annotation_path"])
-        if not path.is_file():
-            raise ValueError(f"{path}: training JSON not found (run convert_to_training_format.py)")
-        try:
-            rows = json.loads(path.read_text())
-        except ValueError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        if entry["sampling_rate"] < 1:
-            keep = max(1, round(len(rows) * entry["sampling_rate"]))
-            rows = random.Random(seed).sample(rows, keep)
-        for row in rows:
-            row["video"] = str(Path(entry["data_path"]) / row["video"])
-        samples.extend(rows)
-    return samples
-
-
-def training_sample(row: dict, video: str) -> dict:
-    """A Hugging Face dataset row in the training format, with `video` given relative."""
-    return {
-        "id": row["id"],
-        "video": video,
-        "fps": row["fps"],
-        "conversations": [
-            {"from": "human", "value": f"<video>\n{PROMPT}"},
-            {"from": "gpt", "value": row["answer"]},
-        ],
-        "clip_id": row["clip_id"],
-        "segment_index": row["segment_index"],
-        "future_speed": row["future_speed"],
-        "future_curvature": row["future_curvature"],
-        "observed_speed": row["observed_speed"],
-        "observed_curvature": row["observed_curvature"],
-    }

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from qwenvl.cli import atomic_write_text
-from qwenvl.train.model import parameter_counts
+from qwenvl.files import atomic_write_text
+from qwenvl.train.setup import parameter_counts
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "compute.json"

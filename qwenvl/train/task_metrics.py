@@ -8,10 +8,13 @@ import numpy as np
 import torch
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from qwenvl import record
 from qwenvl.answer import AnswerFormat, AnswerParseError, parse_pairs
-from qwenvl.evaluation import pairs_of
-from qwenvl.inference import LoadedModel, clips_of, generate_answers
-from qwenvl.metrics import error_metrics
+from qwenvl.chat import user_text_of
+from qwenvl.distributed import gather_in_order, share
+from qwenvl.evaluate.metrics import error_metrics
+from qwenvl.inference.generate import clips_of, generate_answers
+from qwenvl.inference.load import LoadedModel
 from qwenvl.video import VideoSettings
 
 # Logged next to eval_loss; error_metrics' keys -> the Trainer's names.
@@ -50,31 +53,35 @@ class GenerationMetrics:
 
     def __call__(self, model: torch.nn.Module, rank: int, world_size: int) -> dict[str, float]:
         loaded = self._model(model)
-        share = self.samples[rank::world_size]
+        mine = share(self.samples, rank, world_size)
         # Every rank runs the same number of batches: ZeRO-3 ranks must generate together.
         batches = math.ceil(math.ceil(len(self.samples) / world_size) / self.batch_size)
         synced = is_deepspeed_zero3_enabled() and world_size > 1
         was_training = model.training
         model.eval()
-        pairs = []
+        indexed = []
         try:
             for b in range(batches):
-                batch = share[b * self.batch_size : (b + 1) * self.batch_size]
+                batch = mine[b * self.batch_size : (b + 1) * self.batch_size]
                 real = len(batch)
-                batch = batch or self.samples[:1]  # a stand-in, its answer dropped
-                clips = clips_of(batch, self.settings)
-                texts = generate_answers(loaded, clips, constrained=True, synced_gpus=synced)
-                for sample, text in zip(batch[:real], texts[:real], strict=True):
+                batch = batch or [(-1, self.samples[0])]  # a stand-in, its answer dropped
+                samples = [sample for _, sample in batch]
+                texts = generate_answers(
+                    loaded,
+                    clips_of(samples, self.settings),
+                    [user_text_of(sample) for sample in samples],
+                    constrained=True,
+                    synced_gpus=synced,
+                )
+                for (index, sample), text in zip(batch[:real], texts[:real], strict=True):
                     try:  # the grammar makes every answer parse; the guard keeps training safe
-                        pairs.append((parse_pairs(text), pairs_of(sample, "future").tolist()))
+                        pairs = (parse_pairs(text), record.pairs(sample, "future").tolist())
                     except AnswerParseError:
                         continue
+                    indexed.append((index, pairs))
         finally:
             model.train(was_training)
-        if world_size > 1 and torch.distributed.is_initialized():
-            gathered: list = [None] * world_size
-            torch.distributed.all_gather_object(gathered, pairs)
-            pairs = [p for rank_pairs in gathered for p in rank_pairs]
+        pairs = gather_in_order(indexed, world_size if torch.distributed.is_initialized() else 1)
         pred, true = (np.array([p[i] for p in pairs]).reshape(-1, 30, 2) for i in (0, 1))
         scores = error_metrics(pred, true)
         if not scores["n"]:

@@ -75,8 +75,9 @@ def test_full_fine_tuning_trains_on_the_gpu(tiny_model_dir, training_dir, tmp_pa
 
 
 def test_inference_model_is_on_the_gpu_in_bf16(lora_dir, training_dir):
-    from qwenvl.data import load_samples
-    from qwenvl.inference import generate_answers, load_for_inference
+    from qwenvl.data.samples import load_samples
+    from qwenvl.inference.generate import generate_answers
+    from qwenvl.inference.load import load_for_inference
     from qwenvl.video import decode_video
 
     loaded = load_for_inference(str(lora_dir))
@@ -84,7 +85,8 @@ def test_inference_model_is_on_the_gpu_in_bf16(lora_dir, training_dir):
     assert loaded.model.get_base_model().config._attn_implementation == ATTENTION
     samples = load_samples([str(training_dir / "test.json")])[:3]
     clips = [decode_video(s["video"], loaded.settings) for s in samples]
-    texts = generate_answers(loaded, clips, max_new_tokens=16)
+    prompt = loaded.user_prompt().user_text()
+    texts = generate_answers(loaded, clips, [prompt] * len(clips), max_new_tokens=16)
     assert len(texts) == 3
 
 

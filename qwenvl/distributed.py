@@ -1,0 +1,69 @@
+"""The ranks of a torchrun job, for the scripts and loops that spread work over them: which rank
+this is, its share of a list, everyone's results gathered back in the list's order, and leaving
+cleanly. Evaluation spreads test.json over ranks with these; so do the task metrics while
+training."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size); under torchrun the process group is set up here when it is not yet
+    (NCCL with GPUs, gloo without); (0, 1) in a plain process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return torch.distributed.get_rank(), world
+
+
+def share(items: Sequence[T], rank: int, world: int) -> list[tuple[int, T]]:
+    """This rank's share of `items`: every world-th one from `rank`, with its index."""
+    return list(enumerate(items))[rank::world]
+
+
+def gather_in_order(indexed: list[tuple[int, T]], world: int) -> list[T]:
+    """Every rank's (index, result) pairs on every rank, as results in index order: the order
+    of the list that was shared, whatever the world size."""
+    if world > 1:
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, indexed)
+        indexed = [pair for part in gathered for pair in part]
+    return [result for _, result in sorted(indexed, key=lambda pair: pair[0])]
+
+
+def relaunch_under_torchrun(script: str, argv: list[str]) -> None:
+    """NPROC_PER_NODE=N without torchrun: run `script` again under torchrun, N ranks."""
+    nproc = int(os.environ.get("NPROC_PER_NODE", "1") or 1)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += ["--nproc_per_node", str(nproc), script, *argv]
+        os.execv(sys.executable, command)
+
+
+def leave(status: int, hard_exit: bool = False) -> int:
+    """End a rank once every rank is done: wait for the others, then close the process group.
+
+    `hard_exit` leaves without interpreter teardown instead, once all is written: with gloo
+    and DeepSpeed threads still alive, teardown sometimes aborts a rank after a successful run
+    ("terminate called without an active exception"), which fails the whole job.
+    """
+    if not torch.distributed.is_initialized():
+        return status
+    torch.distributed.barrier()
+    if hard_exit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    torch.distributed.destroy_process_group()
+    return status

@@ -1,0 +1,129 @@
+"""Score prediction records against the baselines (metrics.json), and write the report: tables
+per bucket, where each model stands, and the plots."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from qwenvl.evaluate.baselines import baseline_predictions
+from qwenvl.evaluate.metrics import bucketed_metrics
+from qwenvl.evaluate.plots import plot_error_histogram, plot_profiles, plot_trajectories
+from qwenvl.evaluate.trajectory import displacement_errors, integrate_unicycle
+
+COLUMNS = [
+    ("n", "n", "{:d}"),
+    ("speed_mae", "speed MAE (m/s)", "{:.3f}"),
+    ("speed_rmse", "speed RMSE (m/s)", "{:.3f}"),
+    ("curvature_mae", "curv. MAE (1/m)", "{:.4f}"),
+    ("curvature_rmse", "curv. RMSE (1/m)", "{:.4f}"),
+    ("ade_m", "ADE 1 s (m)", "{:.3f}"),
+    ("fde_m", "FDE 1 s (m)", "{:.3f}"),
+]
+
+
+def score(records: list[dict], train_future: np.ndarray | None) -> dict:
+    """metrics.json content: parse counts, model metrics on parsed samples, baselines on all."""
+    parsed = [r for r in records if r["pairs"] is not None]
+    true_all = np.array([r["true_pairs"] for r in records])
+    observed = np.array([r["observed_pairs"] for r in records])
+    baselines = baseline_predictions(observed, train_future)
+    return {
+        "parse": {
+            "total": len(records),
+            "parsed": len(parsed),
+            "rate": len(parsed) / len(records) if records else 0.0,
+            "failures": dict(Counter(r["parse_error"] for r in records if r["pairs"] is None)),
+        },
+        "model": bucketed_metrics(
+            np.array([r["pairs"] for r in parsed]).reshape(-1, 30, 2),
+            np.array([r["true_pairs"] for r in parsed]).reshape(-1, 30, 2),
+        ),
+        "baselines": {name: bucketed_metrics(pred, true_all) for name, pred in baselines.items()},
+    }
+
+
+def _row(name: str, metrics: dict) -> str:
+    cells = [fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in COLUMNS]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def metrics_table(metrics: dict, bucket: str = "all", model_name: str = "model") -> str:
+    """Markdown table: the model (parsed samples only) and the baselines, one bucket."""
+    return comparison_table({model_name: metrics}, bucket)
+
+
+def comparison_table(evaluations: dict[str, dict], bucket: str = "all") -> str:
+    """Markdown table: one row per evaluated model (same test set), then the baselines."""
+    header = "| | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [header, "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, metrics in evaluations.items():
+        lines.append(_row(name, metrics["model"].get(bucket, {})))
+    baselines = next(iter(evaluations.values()))["baselines"]
+    for name, result in baselines.items():
+        lines.append(_row(name, result.get(bucket, {})))
+    return "\n".join(lines)
+
+
+def standing(evaluations: dict[str, dict], model_name: str) -> str:
+    """One plain sentence: where `model_name` stands on ADE against the other models and the
+    baselines (lower is better)."""
+    ade = {name: m["model"].get("all", {}).get("ade_m") for name, m in evaluations.items()}
+    baselines = next(iter(evaluations.values()))["baselines"]
+    ade.update({name: result["all"]["ade_m"] for name, result in baselines.items()})
+    own = ade.pop(model_name)
+    if own is None:
+        return f"{model_name}: no parsed answer, so no ADE to compare."
+    beats = [f"{n} ({v:.2f} m)" for n, v in ade.items() if v is not None and own < v]
+    behind = [f"{n} ({v:.2f} m)" for n, v in ade.items() if v is not None and own >= v]
+    parts = [f"{model_name} ADE at 1 s is {own:.2f} m"]
+    if beats:
+        parts.append(f"better than {', '.join(beats)}")
+    if behind:
+        parts.append(f"not yet better than {', '.join(behind)}")
+    return "; ".join(parts) + "."
+
+
+def write_report(metrics: dict, records: list[dict], model_path: str, output_dir: Path) -> None:
+    parse = metrics["parse"]
+    failures = ", ".join(f"{k}: {v}" for k, v in parse["failures"].items()) or "none"
+    buckets = [b for b in metrics["baselines"]["hold_last"] if b != "all"]
+    parts = [
+        f"# Evaluation of `{model_path}`\n",
+        f"Parsed {parse['parsed']} of {parse['total']} answers ({100 * parse['rate']:.1f}%); "
+        f"failures: {failures}. Decoding: {metrics.get('decoding', 'free')} "
+        "(constrained: every answer follows the answer grammar). The model's metrics count "
+        "parsed answers only; the baselines use every sample. ADE/FDE integrate (speed, "
+        "curvature) with the unicycle model over 1 s.\n",
+        metrics_table(metrics),
+    ]
+    for bucket in buckets:
+        parts += [f"\n## {bucket}\n", metrics_table(metrics, bucket)]
+    write_plots(records, output_dir)
+    images = [f"![{p.stem}]({p.name})" for p in sorted(output_dir.glob("*.png"))]
+    parts += ["\n## Plots\n", *images]
+    (output_dir / "report.md").write_text("\n".join(parts) + "\n")
+
+
+def write_plots(records: list[dict], output_dir: Path, count: int = 4) -> None:
+    parsed = [r for r in records if r["pairs"] is not None]
+    if parsed:  # with no parsed answer there is no predicted path to draw
+        shown = parsed[:count]
+        pred = np.array([r["pairs"] for r in shown])
+        true = np.array([r["true_pairs"] for r in shown])
+        ids = [r["id"] for r in shown]
+        plot_trajectories(pred, true, ids, output_dir / "trajectories.png")
+        plot_profiles(pred, true, ids, output_dir / "profiles.png")
+    ade = {"model": np.array([_ade(r["pairs"], r["true_pairs"]) for r in parsed])}
+    observed = np.array([r["observed_pairs"] for r in records])
+    truth = np.array([r["true_pairs"] for r in records])
+    for name, pred_all in baseline_predictions(observed, None).items():
+        ade[name] = np.array([_ade(p, t) for p, t in zip(pred_all, truth, strict=True)])
+    plot_error_histogram(ade, output_dir / "ade_histogram.png")
+
+
+def _ade(pred, true) -> float:
+    p, t = np.asarray(pred), np.asarray(true)
+    return displacement_errors(integrate_unicycle(*p.T), integrate_unicycle(*t.T))[0]

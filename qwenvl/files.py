@@ -1,0 +1,94 @@
+"""Files the pipeline writes: outputs written atomically and never replaced without leave, and
+the settings stored as JSON beside datasets and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import ClassVar, Self
+
+from qwenvl.cli import UserError
+
+
+def check_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """The output path, or UserError when it already holds something and overwrite is off."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise UserError(
+            f"{path}: output already exists and is not empty (pass --overwrite-output to "
+            "replace it)"
+        )
+    return path
+
+
+@contextmanager
+def atomic_output_dir(path: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces `path` only when the block succeeds.
+
+    An interrupted run leaves no directory under the final name, so nothing half-written ever
+    looks complete.
+    """
+    final = check_output_dir(path, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_path(tmp, final)
+
+
+def replace_path(new: Path, final: Path) -> None:
+    """Move `new` onto `final`, removing what was there first."""
+    if final.exists():
+        shutil.rmtree(final) if final.is_dir() else final.unlink()
+    new.rename(final)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file through a temporary name so readers never see it half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class StoredSettings:
+    """A frozen dataclass kept as one JSON file (its FILE) beside a dataset or a checkpoint."""
+
+    FILE: ClassVar[str]
+
+    def save(self, directory: str | Path) -> None:
+        text = json.dumps(asdict(self), indent=2) + "\n"
+        atomic_write_text(Path(directory) / self.FILE, text)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Self | None:
+        """The settings stored in `directory`, or None when there are none; ValueError names a
+        file that does not hold valid settings."""
+        path = Path(directory) / cls.FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: not valid {cls.__name__} ({err})") from None
+
+
+def first_stored(settings: type[StoredSettings], *directories: str | Path | None):
+    """The settings stored in the first of `directories` that holds them (a checkpoint, then
+    its base model, then a dataset), or None."""
+    for directory in directories:
+        if directory is not None and Path(directory).is_dir():
+            found = settings.load(directory)
+            if found is not None:
+                return found
+    return None

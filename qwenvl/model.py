@@ -1,0 +1,97 @@
+"""Load Qwen3-VL for any stage: the device, the dtype and attention kernel for it, and the
+4-bit quantization of QLoRA."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+import torch
+from transformers import Qwen3VLForConditionalGeneration
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(requested: str | None = None) -> torch.device:
+    """The device to run on: `requested` ("cuda", "cuda:1", "cpu"), else CUDA when present."""
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"unknown device '{requested}' (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{requested}' asked for, but CUDA is not available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device '{requested}': only {torch.cuda.device_count()} GPU(s) visible")
+    return device
+
+
+def pick_attention(device: torch.device) -> str:
+    """flash_attention_2 when installed and on CUDA, else sdpa."""
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def quantization_config(quant: str | None):
+    """bitsandbytes 4-bit NF4 settings for QLoRA (QUANT=4bit), or None; ValueError with the
+    cause where it cannot run (no CUDA, no bitsandbytes, another value)."""
+    if not quant or quant == "none":
+        return None
+    if quant != "4bit":
+        raise ValueError(f"QUANT={quant}: only 4bit (QLoRA, NF4) is supported")
+    if not torch.cuda.is_available():
+        raise ValueError("QUANT=4bit needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run here")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("QUANT=4bit needs bitsandbytes: uv sync --extra quant")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        # Module names match from the model's root in transformers 5: the vision tower is
+        # model.visual. Naming any module replaces the default skip of lm_head, so it is
+        # named again: the LM head and the whole vision side stay in bf16.
+        llm_int8_skip_modules=["model.visual", "lm_head"],
+    )
+
+
+def load_model(
+    model_path: str,
+    attn_implementation: str | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    quantization=None,
+) -> Qwen3VLForConditionalGeneration:
+    """Qwen3-VL by path or hub id: bf16 for CUDA, fp32 for the CPU (or `dtype`); no remote code.
+
+    With `device`, the weights load straight onto it (inference); without, they stay on the
+    CPU for the Trainer or DeepSpeed to place, and dtype and attention follow the GPU if any.
+    A `quantization` config (QLoRA) loads the language model in 4 bits onto this rank's GPU.
+    """
+    runs_on = device if device is not None else resolve_device()
+    dtype = dtype or (torch.bfloat16 if runs_on.type == "cuda" else torch.float32)
+    attn = attn_implementation or pick_attention(runs_on)
+    device_map = {"": runs_on} if device is not None else None
+    if quantization is not None:
+        device_map = {"": torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))}
+    logger.info(
+        "loading %s: dtype %s, attention %s, device %s%s",
+        model_path,
+        dtype,
+        attn,
+        runs_on,
+        ", language model in 4-bit NF4" if quantization is not None else "",
+    )
+    return Qwen3VLForConditionalGeneration.from_pretrained(
+        model_path,
+        dtype=dtype,
+        attn_implementation=attn,
+        trust_remote_code=False,
+        device_map=device_map,
+        quantization_config=quantization,
+    )

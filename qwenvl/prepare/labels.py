@@ -1,0 +1,174 @@
+"""How segments and their labels are made: cut a clip into 1-second segments at its camera
+timestamps, and label each with the (forward speed, curvature) of the next second, interpolated
+from the egomotion at those frames' timestamps (with the egomotion maths that takes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from qwenvl.answer import NUM_PAIRS
+
+SEGMENT_FRAMES = NUM_PAIRS  # 30 frames: 1 s at 30 FPS
+MIN_CLIP_SECONDS = 2.0
+US_PER_SECOND = 1_000_000
+
+
+def quaternion_from_yaw(yaw: np.ndarray) -> np.ndarray:
+    """(N, 4) quaternions (qx, qy, qz, qw) of a rotation by `yaw` radians about +z."""
+    yaw = np.asarray(yaw, dtype=np.float64)
+    zeros = np.zeros_like(yaw)
+    return np.stack([zeros, zeros, np.sin(yaw / 2), np.cos(yaw / 2)], axis=-1)
+
+
+def yaw_from_quaternion(q: np.ndarray) -> np.ndarray:
+    """Heading (rad, counter-clockwise from +x) of (N, 4) quaternions (qx, qy, qz, qw)."""
+    qx, qy, qz, qw = np.moveaxis(np.asarray(q, dtype=np.float64), -1, 0)
+    return np.arctan2(2.0 * (qw * qz + qx * qy), 1.0 - 2.0 * (qy * qy + qz * qz))
+
+
+def rotate_into_body(q: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Express anchor-frame vectors (N, 3) in the body frame given by quaternions q (N, 4)."""
+    q = np.asarray(q, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    # Rotating by the conjugate quaternion maps anchor-frame vectors into the body frame.
+    u = -q[..., :3]
+    w = q[..., 3:4]
+    v = np.asarray(vectors, dtype=np.float64)
+    t = 2.0 * np.cross(u, v)
+    return v + w * t + np.cross(u, t)
+
+
+def forward_speed(egomotion: pd.DataFrame) -> np.ndarray:
+    """Signed forward speed (m/s) per egomotion row: velocity in the body frame, x component.
+
+    Negative when the vehicle reverses.
+    """
+    q = egomotion[["qx", "qy", "qz", "qw"]].to_numpy()
+    velocity = egomotion[["vx", "vy", "vz"]].to_numpy()
+    return rotate_into_body(q, velocity)[:, 0]
+
+
+class MotionInterpolator:
+    """(forward speed m/s, curvature 1/m) at any time inside a clip's egomotion.
+
+    Interpolation is NVIDIA's devkit's (`physical_ai_av.egomotion.EgomotionState`): rotation
+    by slerp, velocity and curvature linearly, no extrapolation. Forward speed is the
+    interpolated anchor-frame velocity expressed in the interpolated body frame (its x), so
+    negative when reversing; curvature keeps its sign (positive = left turn).
+    """
+
+    def __init__(self, egomotion: pd.DataFrame) -> None:
+        from physical_ai_av.egomotion import EgomotionState
+
+        self.timestamps = egomotion["timestamp"].to_numpy(dtype=np.int64, copy=True)
+        state = EgomotionState.from_egomotion_df(egomotion)
+        self._interpolate = state.create_interpolator(self.timestamps)
+
+    def __call__(self, timestamps_us: np.ndarray) -> np.ndarray:
+        """(N, 2) at `timestamps_us`; ValueError when one lies outside the egomotion's range."""
+        t = np.asarray(timestamps_us, dtype=np.int64)
+        first, last = self.timestamps[0], self.timestamps[-1]
+        if len(t) and (t.min() < first or t.max() > last):
+            raise ValueError(
+                f"frame timestamps [{t.min()}, {t.max()}] us fall outside the egomotion range "
+                f"[{first}, {last}] us"
+            )
+        state = self._interpolate(t)
+        body_velocity = state.pose.rotation.inv().apply(state.velocity)
+        return np.stack([body_velocity[:, 0], state.curvature[:, 0]], axis=-1)
+
+
+class ClipError(ValueError):
+    """A clip that cannot be segmented; str() is the cause."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Frame indices and labels of one 1-second segment."""
+
+    index: int
+    frames: np.ndarray  # the 30 input frame indices
+    frame_timestamps_us: np.ndarray
+    observed: np.ndarray  # (30, 2) forward speed m/s, curvature 1/m at the input frames
+    future: np.ndarray  # (30, 2) at the 30 frames after them: the labels
+
+    def labels(self) -> dict[str, list[float]]:
+        """The record's label fields (qwenvl.record.LABELS) of this segment."""
+        return {
+            "future_speed": self.future[:, 0].tolist(),
+            "future_curvature": self.future[:, 1].tolist(),
+            "observed_speed": self.observed[:, 0].tolist(),
+            "observed_curvature": self.observed[:, 1].tolist(),
+        }
+
+
+def check_timestamps(timestamps_us: np.ndarray) -> np.ndarray:
+    """The camera timestamps as int64, or ClipError for NaN, disorder or a clip under 2 s."""
+    t = np.asarray(timestamps_us, dtype=np.float64)
+    if len(t) == 0 or not np.isfinite(t).all():
+        raise ClipError("camera timestamps contain NaN or are empty")
+    if np.any(np.diff(t) <= 0):
+        raise ClipError("camera timestamps are not strictly increasing")
+    if len(t) < 2 * SEGMENT_FRAMES or t[-1] - t[0] < (MIN_CLIP_SECONDS - 0.1) * US_PER_SECOND:
+        raise ClipError(f"clip shorter than {MIN_CLIP_SECONDS:g} s ({len(t)} frames)")
+    return t.astype(np.int64)
+
+
+def segment_starts(timestamps_us: np.ndarray) -> list[int]:
+    """Start frame of each segment s: the frame whose timestamp is nearest to s seconds.
+
+    Only segments whose 30 input and 30 label frames all exist are kept.
+    """
+    starts = []
+    for second in range(int(timestamps_us[-1] // US_PER_SECOND) + 1):
+        start = int(np.argmin(np.abs(timestamps_us - second * US_PER_SECOND)))
+        if start + 2 * SEGMENT_FRAMES > len(timestamps_us):
+            break
+        starts.append(start)
+    return starts
+
+
+@dataclass(frozen=True)
+class ClipSegments:
+    """The labelled segments of a clip, and the segments left out with the reason for each."""
+
+    segments: list[Segment]
+    dropped: dict[int, str]  # segment index -> why (e.g. its next second has no egomotion)
+
+
+def make_segments(timestamps_us: np.ndarray, egomotion: pd.DataFrame) -> ClipSegments:
+    """All segments of a clip with observed and next-second (speed, curvature) labels.
+
+    A segment whose frames fall outside the egomotion's time range, or meet NaN in it, is
+    dropped with its reason; the clip fails (ClipError) only when no segment is left.
+    """
+    t = check_timestamps(timestamps_us)
+    if egomotion.empty:
+        raise ClipError("egomotion is empty")
+    ego_t = egomotion["timestamp"].to_numpy(dtype=np.float64)
+    if not np.isfinite(ego_t).all() or np.any(np.diff(ego_t) <= 0):
+        raise ClipError("egomotion timestamps are NaN or not strictly increasing")
+    try:
+        motion = MotionInterpolator(egomotion)
+    except (KeyError, ValueError) as err:
+        raise ClipError(f"egomotion cannot be read ({err})") from None
+    segments, dropped = [], {}
+    for index, start in enumerate(segment_starts(t)):
+        frames = np.arange(start, start + SEGMENT_FRAMES)
+        try:
+            observed = motion(t[frames])
+            future = motion(t[frames + SEGMENT_FRAMES])
+        except ValueError as err:
+            dropped[index] = str(err)
+            continue
+        if not (np.isfinite(observed).all() and np.isfinite(future).all()):
+            dropped[index] = "egomotion has NaN values in this segment"
+            continue
+        segments.append(Segment(index, frames, t[frames], observed, future))
+    if not segments:
+        first = next(iter(dropped.values()), "the clip holds no 2 s of frames")
+        raise ClipError(f"no complete segment ({first})")
+    return ClipSegments(segments, dropped)

@@ -1,0 +1,216 @@
+"""Write one source clip's segments: decode it once, write a 30-frame mp4 per segment and its
+manifest row; the per-clip task that local workers and Ray nodes run."""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from qwenvl.files import atomic_write_text
+from qwenvl.prepare.labels import SEGMENT_FRAMES, ClipError, Segment, make_segments
+from qwenvl.prepare.rawdata import MissingClipData, RawDataset
+from qwenvl.record import segment_id
+
+SEGMENT_FPS = 30
+SOURCE = "source.json"  # in the segments folder: the dataset root and camera they were cut from
+CLIP_RESULTS = "clips"  # in a run's staging folder: one JSON per clip finished
+
+
+def output_size(width: int, height: int, max_width: int) -> tuple[int, int]:
+    """Target (width, height): at most max_width wide, aspect kept, even for H.264."""
+    if width > max_width:
+        height = height * max_width / width
+        width = max_width
+    return int(round(width / 2) * 2), int(round(height / 2) * 2)
+
+
+def segment_video_path(clip_id: str, index: int) -> str:
+    """Segment mp4 path relative to the segments directory."""
+    return f"videos/{clip_id}/{segment_id(clip_id, index)}.mp4"
+
+
+class _SegmentWriter:
+    """An H.264 mp4 that takes exactly SEGMENT_FRAMES frames at 30 FPS."""
+
+    def __init__(self, path: Path, width: int, height: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), mode="w")
+        # ultrafast at a low CRF: segments are training inputs, re-decoded many times, and
+        # encoding them must not cost more than decoding the source (see BENCHMARKS.md).
+        self.stream = self.container.add_stream(
+            "libx264", rate=SEGMENT_FPS, options={"preset": "ultrafast", "crf": "18"}
+        )
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.stream.thread_count = 1
+        self.count = 0
+
+    def add(self, frame: av.VideoFrame) -> bool:
+        """Encode one frame; True once the segment is complete and closed."""
+        frame.pts, frame.time_base = self.count, Fraction(1, SEGMENT_FPS)
+        self.container.mux(self.stream.encode(frame))
+        self.count += 1
+        if self.count == SEGMENT_FRAMES:
+            self.container.mux(self.stream.encode())
+            self.container.close()
+            return True
+        return False
+
+
+@contextmanager
+def _decoded_frames(container: av.container.InputContainer) -> Iterator[Iterator[av.VideoFrame]]:
+    """Frames decoded on a helper thread, so decoding overlaps resizing and encoding.
+
+    On leaving, the helper is stopped and joined before the caller closes the container.
+    """
+    frames: queue.Queue = queue.Queue(maxsize=32)
+    stop = threading.Event()
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+
+    def produce() -> None:
+        try:
+            for frame in container.decode(stream):
+                while not stop.is_set():
+                    try:
+                        frames.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            frames.put(None)
+        except Exception as err:  # noqa: BLE001 - handed to the consumer, raised there
+            frames.put(err)
+
+    def consume() -> Iterator[av.VideoFrame]:
+        while (item := frames.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with suppress(queue.Empty):
+                frames.get(timeout=0.1)
+        worker.join()
+
+
+def _encode_segments(
+    video: bytes, segments: list[Segment], output_dir: Path, clip_id: str, max_width: int
+) -> int:
+    """Decode the source once, feeding each frame to the segments that hold it; frame count."""
+    owners: dict[int, list[int]] = {}
+    for seg in segments:
+        for frame_index in seg.frames:
+            owners.setdefault(int(frame_index), []).append(seg.index)
+    writers: dict[int, _SegmentWriter] = {}
+    decoded = 0
+    with av.open(io.BytesIO(video)) as container:
+        source = container.streams.video[0]
+        width, height = output_size(source.width, source.height, max_width)
+        with _decoded_frames(container) as frames:
+            for frame in frames:
+                for index in owners.get(decoded, []):
+                    if index not in writers:
+                        path = output_dir / segment_video_path(clip_id, index)
+                        writers[index] = _SegmentWriter(path, width, height)
+                    small = frame.reformat(
+                        width=width, height=height, format="yuv420p", interpolation="AREA"
+                    )
+                    if writers[index].add(small):
+                        del writers[index]
+                decoded += 1
+    if writers:
+        raise ClipError(f"video ends after {decoded} frames, inside segment {min(writers)}")
+    return decoded
+
+
+def process_clip(
+    dataset: RawDataset, clip_id: str, chunk: int, output_dir: Path, max_width: int
+) -> tuple[list[dict], dict[str, str]]:
+    """Manifest rows for one clip's segments, and the segments dropped (segment id -> why);
+    ClipError (files removed) when the whole clip must be skipped."""
+    clip_dir = output_dir / "videos" / clip_id
+    try:
+        timestamps = dataset.frame_timestamps(clip_id, chunk).to_numpy()
+        egomotion = dataset.egomotion(clip_id, chunk)
+        video = dataset.video_bytes(clip_id, chunk)
+    except MissingClipData as err:
+        raise ClipError(str(err)) from None
+    clip = make_segments(timestamps, egomotion)
+    try:
+        decoded = _encode_segments(video, clip.segments, output_dir, clip_id, max_width)
+        if decoded != len(timestamps):
+            raise ClipError(f"video has {decoded} frames but {len(timestamps)} timestamps")
+    except (av.error.FFmpegError, ClipError, ValueError) as err:
+        shutil.rmtree(clip_dir, ignore_errors=True)
+        if isinstance(err, ClipError):
+            raise
+        raise ClipError(f"video cannot be decoded ({err})") from None
+    dropped = {segment_id(clip_id, index): why for index, why in clip.dropped.items()}
+    return [_manifest_row(clip_id, chunk, seg) for seg in clip.segments], dropped
+
+
+def _manifest_row(clip_id: str, chunk: int, seg: Segment) -> dict:
+    duration_us = seg.frame_timestamps_us[-1] - seg.frame_timestamps_us[0]
+    return {
+        "clip_id": clip_id,
+        "chunk": int(chunk),
+        "segment_index": seg.index,
+        "segment_start_us": int(seg.frame_timestamps_us[0]),
+        "video": segment_video_path(clip_id, seg.index),
+        # The segment mp4 plays at the camera's nominal 30 FPS; the processor gets this rate.
+        # The measured rate (jittered timestamps) is kept for reference only, since feeding it
+        # would flip Qwen3-VL's rounded "<t seconds>" stamps from one segment to the next.
+        "fps": float(SEGMENT_FPS),
+        "measured_fps": float((SEGMENT_FRAMES - 1) * 1e6 / duration_us),
+        "frame_timestamps_us": seg.frame_timestamps_us.astype(np.int64).tolist(),
+        **seg.labels(),
+    }
+
+
+_datasets: dict[tuple[str, str], RawDataset] = {}
+
+
+def segment_clip_task(
+    root: str, camera: str, clip_id: str, chunk: int, output_dir: str, max_width: int
+) -> dict:
+    """Segment one clip into `output_dir` and record the outcome in clips/<clip_id>.json:
+    {"clip_id", "rows", "dropped"} or {"clip_id", "skipped"}. The record is written last and
+    atomically, so its presence means the clip is complete (what --resume relies on). Runs in
+    a worker process, local or on a Ray node; a worker keeps its open zips between clips."""
+    dataset = _datasets.setdefault((root, camera), RawDataset(Path(root), camera))
+    out = Path(output_dir)
+    try:
+        rows, dropped = process_clip(dataset, clip_id, int(chunk), out, max_width)
+        result = {"clip_id": clip_id, "rows": rows, "dropped": dropped}
+    except ClipError as err:
+        result = {"clip_id": clip_id, "skipped": str(err)}
+    record = out / CLIP_RESULTS / f"{clip_id}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(result))
+    return result
+
+
+def finished_clips(staging: Path) -> dict[str, dict]:
+    """The clip records of an interrupted run's staging folder (clip_id -> record)."""
+    records = {}
+    for path in sorted((staging / CLIP_RESULTS).glob("*.json")):
+        record = json.loads(path.read_text())
+        records[record["clip_id"]] = record
+    return records

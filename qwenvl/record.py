@@ -1,0 +1,57 @@
+"""One segment's record, declared once: the fields a segment carries from the manifest through
+the dataset rows and the training samples to evaluation (who it is, how its video plays, and its
+labels). Every stage copies them with `carried`, never field by field.
+
+To add a field: declare it here, write it where segments are made (prepare/writer.py), and it
+reaches every later stage by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: type  # str, int, float, or list (of floats)
+    meaning: str
+
+
+IDENTITY = (
+    Field("clip_id", str, "the source clip of the dataset"),
+    Field("segment_index", int, "segment s of its clip: the 30 frames from the one nearest s s"),
+)
+VIDEO = (Field("fps", float, "the segment mp4's nominal frame rate, the one the processor gets"),)
+LABELS = (
+    Field("future_speed", list, "forward speed (m/s) at the 30 frames after the segment: label"),
+    Field("future_curvature", list, "curvature (1/m, + = left) at those 30 frames: label"),
+    Field("observed_speed", list, "forward speed (m/s) at the segment's own 30 frames"),
+    Field("observed_curvature", list, "curvature (1/m, + = left) at the segment's own frames"),
+)
+FIELDS = IDENTITY + VIDEO + LABELS
+
+
+def segment_id(clip_id: str, index: int) -> str:
+    """The id of one segment, as in the dataset's and the training JSON's `id`."""
+    return f"{clip_id}_seg{index:02d}"
+
+
+def _plain(value, kind: type):
+    if kind is list:
+        return [float(v) for v in value]
+    return kind(value)
+
+
+def carried(row: Mapping, fields: tuple[Field, ...] = FIELDS) -> dict:
+    """The record's `fields` of a manifest row, dataset row or training sample, as plain
+    Python values (parquet gives numpy arrays, JSON gives lists: both come out as lists)."""
+    return {f.name: _plain(row[f.name], f.kind) for f in fields}
+
+
+def pairs(row: Mapping, when: str) -> np.ndarray:
+    """(30, 2) (speed, curvature) of a record: `when` is "future" (the labels) or "observed"."""
+    return np.stack([row[f"{when}_speed"], row[f"{when}_curvature"]], axis=-1).astype(np.float64)

@@ -1,0 +1,150 @@
+"""One home for the answer format: grammar, formatter and parser agree; constrained decoding
+makes every answer parse, batched or not; evaluation and training use it."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import xgrammar as xgr
+from conftest import free_port, run_script
+from xgrammar.testing import _is_grammar_accept_string as grammar_accepts
+
+from qwenvl.answer import NUM_PAIRS, AnswerFormat, AnswerParseError, parse_pairs
+
+SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
+DECIMALS = [(1, 3), (2, 4), (0, 2), (3, 6)]
+
+
+@pytest.mark.parametrize("decimals", DECIMALS)
+def test_every_formatted_answer_matches_the_grammar_and_parses_back(decimals):
+    fmt = AnswerFormat(*decimals)
+    grammar = xgr.Grammar.from_ebnf(fmt.grammar())
+    rng = random.Random(sum(decimals))
+    for _ in range(1000):
+        # The data's range (reversing to highway speed, tight turns both ways) and beyond it.
+        pairs = [
+            (
+                rng.uniform(-5, 45) * rng.choice([1, 1, 1, 3]),
+                rng.uniform(-0.3, 0.3) * rng.choice([1, 1, 50]),
+            )
+            for _ in range(NUM_PAIRS)
+        ]
+        text = fmt.format(pairs)
+        assert grammar_accepts(grammar, text), text
+        assert parse_pairs(text) == [
+            (_by_hand(v, decimals[0], 2), _by_hand(c, decimals[1], 1)) for v, c in pairs
+        ]
+
+
+def _by_hand(value: float, decimals: int, digits: int) -> float:
+    """Rounded to the decimals, then held within the widest number of `digits` digits."""
+    widest = 10**digits - 10.0**-decimals
+    return min(max(round(value, decimals), -round(widest, decimals)), round(widest, decimals))
+
+
+def test_values_outside_the_grammar_are_written_as_the_widest_of_their_sign():
+    fmt = AnswerFormat()
+    assert fmt.format([(123.4, -25.0)]) == "[(99.9, -9.999)]"
+    assert fmt.format([(-0.04, 0.0004)]) == "[(0.0, 0.000)]"  # no "-0.0"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" + ", ".join(["(1.0, 0.010)"] * 29) + "]",  # 29 pairs
+        "[" + ", ".join(["(-.5, 0.010)"] * 30) + "]",  # no digit before the point
+        "[" + ", ".join(["(-, 0.010)"] * 30) + "]",  # a sign without its number
+        "The car keeps going straight at about 10 m/s.",
+        "[" + ", ".join(["(1.0, 0.010)"] * 30) + "] done",
+    ],
+)
+def test_what_the_grammar_rejects_does_not_parse(text):
+    grammar = xgr.Grammar.from_ebnf(AnswerFormat().grammar())
+    assert not grammar_accepts(grammar, text)
+    with pytest.raises(AnswerParseError):
+        parse_pairs(text)
+
+
+def test_dataset_labels_match_the_grammar_of_their_format(training_dir):
+    fmt = AnswerFormat.load(training_dir)
+    grammar = xgr.Grammar.from_ebnf(fmt.grammar())
+    for name in ("train.json", "test.json"):
+        for sample in json.loads((training_dir / name).read_text()):
+            assert grammar_accepts(grammar, sample["conversations"][1]["value"])
+
+
+def test_untrained_model_constrained_answers_parse_and_batch_equals_single(
+    tiny_model_dir, training_dir, monkeypatch
+):
+    for key, value in SMALL_VIDEO.items():
+        monkeypatch.setenv(key, value)
+    from qwenvl.data.samples import load_samples
+    from qwenvl.inference.generate import generate_answers
+    from qwenvl.inference.load import load_for_inference
+    from qwenvl.video import decode_video
+
+    loaded = load_for_inference(str(tiny_model_dir), device="cpu")
+    samples = load_samples([str(training_dir / "test.json")])[:2]
+    clips = [decode_video(s["video"], loaded.settings) for s in samples]
+    clips.append((clips[0][0][:, :, :64], clips[0][1]))  # narrower: a shorter, padded prompt
+    prompt = loaded.user_prompt().user_text()
+    batched = generate_answers(loaded, clips, [prompt] * len(clips))
+    single = [generate_answers(loaded, [clip], [prompt])[0] for clip in clips]
+    assert batched == single
+    assert all(len(parse_pairs(text)) == NUM_PAIRS for text in batched)
+    free = generate_answers(loaded, clips[:1], [prompt], constrained=False)
+    with pytest.raises(AnswerParseError):  # the untrained model does not follow the format
+        parse_pairs(free[0])
+
+
+def test_evaluate_constrains_by_default_and_counts_failures_without(
+    tiny_model_dir, training_dir, tmp_path
+):
+    def evaluate(out, *extra):
+        run_script(
+            "scripts/evaluate.py", "--model-path", str(tiny_model_dir),
+            "--test-json", str(training_dir / "test.json"), "--max-samples", "3",
+            "--output-dir", str(out), *extra, env=SMALL_VIDEO,
+        )  # fmt: skip
+        return json.loads((out / "metrics.json").read_text())
+
+    constrained = evaluate(tmp_path / "constrained")
+    assert constrained["parse"] == {"total": 3, "parsed": 3, "rate": 1.0, "failures": {}}
+    assert constrained["decoding"] == "constrained"
+    assert constrained["model"]["all"]["n"] == 3 and constrained["model"]["all"]["ade_m"] > 0
+    free = evaluate(tmp_path / "free", "--no-constrained")
+    assert free["decoding"] == "free" and free["parse"]["parsed"] < 3
+    assert sum(free["parse"]["failures"].values()) == 3 - free["parse"]["parsed"]
+
+
+def _train_with_task_metrics(model, data, out, **extra):
+    env = {
+        "MODEL_PATH": str(model), "DATASETS": str(data / "train.json"),
+        "EVAL_DATASETS": str(data / "val.json"), "EVAL_GENERATE_SAMPLES": "2",
+        "OUTPUT_DIR": str(out), "MAX_STEPS": "2", "SAVE_STEPS": "2", "BATCH_SIZE": "2",
+        "GRAD_ACCUM": "1", "DATALOADER_WORKERS": "0", "MASTER_PORT": str(free_port()),
+        **SMALL_VIDEO, **{k: str(v) for k, v in extra.items()},
+    }  # fmt: skip
+    return run_script(extra.get("LAUNCHER", "./train_physical_ai_lora.sh"), env=env)
+
+
+def _logged(out):
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    return {key: value for entry in state["log_history"] for key, value in entry.items()}
+
+
+def test_lora_run_logs_task_metrics_at_each_evaluation(tiny_model_dir, training_dir, tmp_path):
+    _train_with_task_metrics(tiny_model_dir, training_dir, tmp_path / "lora")
+    logged = _logged(tmp_path / "lora")
+    for key in ("eval_loss", "eval_ade", "eval_fde", "eval_speed_mae", "eval_curvature_mae"):
+        assert key in logged and logged[key] >= 0
+
+
+def test_task_metrics_under_zero3_on_two_cpu_ranks(tiny_model_dir, training_dir, tmp_path):
+    _train_with_task_metrics(
+        tiny_model_dir, training_dir, tmp_path / "zero3",
+        NPROC_PER_NODE=2, DEEPSPEED_CONFIG="zero3.json",
+    )  # fmt: skip
+    assert "eval_ade" in _logged(tmp_path / "zero3")

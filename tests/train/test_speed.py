@@ -1,0 +1,117 @@
+"""Training speed and cost: logits only where there are labels, the compute report, QLoRA's
+guard, and the real-sized architectures the GPU benchmark builds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import free_port, run_script
+from transformers import AutoProcessor
+
+from qwenvl.data.collator import VideoCollator
+from qwenvl.data.dataset import SupervisedDataset
+from qwenvl.data.samples import load_samples
+from qwenvl.model import load_model
+from qwenvl.standins.architectures import PUBLISHED_PARAMETERS, parameter_count, published_config
+from qwenvl.train.settings import LoraSettings, TuneFlags
+from qwenvl.train.setup import setup_training
+from qwenvl.train.trainer import label_only_loss
+from qwenvl.video import VideoSettings
+
+SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
+
+
+def _padded_batch(tiny_model_dir, training_dir) -> dict:
+    """Two samples of different lengths, so the batch holds right padding."""
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    settings = VideoSettings(min_pixels=32 * 32, max_pixels=16 * 32 * 32)
+    samples = load_samples([str(training_dir / "train.json")])
+    dataset = SupervisedDataset(samples, processor, settings, 8192)
+    first, second = dataset[0], dict(dataset[1])
+    vision_end = processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    after_video = int((second["input_ids"] == vision_end).nonzero().max()) + 1
+    keep = torch.ones(len(second["input_ids"]), dtype=torch.bool)
+    keep[after_video : after_video + 5] = False  # five prompt tokens fewer
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "labels"):
+        second[key] = second[key][keep]
+    batch = VideoCollator(processor.tokenizer.pad_token_id)([first, second])
+    assert (batch["attention_mask"] == 0).any()
+    return batch
+
+
+@pytest.mark.parametrize("lora", [LoraSettings(r=4, alpha=8), None], ids=["lora", "full"])
+def test_label_only_logits_give_the_same_loss_and_gradients(tiny_model_dir, training_dir, lora):
+    model = load_model(str(tiny_model_dir))
+    model = setup_training(model, TuneFlags(False, True, True), lora, deepspeed=False)
+    model.eval()  # no dropout: both paths see the same network
+    batch = _padded_batch(tiny_model_dir, training_dir)
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(compute):
+        model.zero_grad(set_to_none=True)
+        loss = compute()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in trained]
+
+    full, full_grads = loss_and_grads(lambda: model(**batch).loss)
+    ours, our_grads = loss_and_grads(lambda: label_only_loss(model, batch)[0])
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=0)
+    for got, expected in zip(our_grads, full_grads, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
+    # With the Trainer's count of labelled tokens over gradient accumulation.
+    items = int((batch["labels"] != -100).sum()) * 3
+    summed = model(**batch, num_items_in_batch=items).loss
+    torch.testing.assert_close(label_only_loss(model, batch, items)[0], summed, atol=1e-6, rtol=0)
+
+
+def _first_loss(model, data, out, label_only: bool) -> float:
+    env = {
+        "MODEL_PATH": str(model), "DATASETS": str(data / "train.json"), "OUTPUT_DIR": str(out),
+        "NPROC_PER_NODE": "2", "DEEPSPEED_CONFIG": "zero3.json", "MAX_STEPS": "1",
+        "SAVE_STEPS": "1", "BATCH_SIZE": "2", "GRAD_ACCUM": "1", "DATALOADER_WORKERS": "0",
+        "MASTER_PORT": str(free_port()), **SMALL_VIDEO,
+    }  # fmt: skip
+    run_script("./train_physical_ai_lora.sh", "--label_only_logits", str(label_only), env=env)
+    state = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())
+    return next(entry["loss"] for entry in state["log_history"] if "loss" in entry)
+
+
+def test_label_only_loss_matches_under_zero3_on_two_cpu_ranks(
+    tiny_model_dir, training_dir, tmp_path
+):
+    ours = _first_loss(tiny_model_dir, training_dir, tmp_path / "ours", True)
+    full = _first_loss(tiny_model_dir, training_dir, tmp_path / "full", False)
+    assert ours == pytest.approx(full, abs=1e-5)
+
+
+def test_qlora_on_a_machine_without_cuda_is_one_line(tiny_model_dir, training_dir, tmp_path):
+    env = {
+        "MODEL_PATH": str(tiny_model_dir), "DATASETS": str(training_dir / "train.json"),
+        "OUTPUT_DIR": str(tmp_path / "q"), "QUANT": "4bit", "MAX_STEPS": "1",
+    }  # fmt: skip
+    result = run_script("./train_physical_ai_lora.sh", env=env, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: QUANT=4bit needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run here"
+    )
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMETERS))
+def test_real_sized_configs_have_the_published_parameter_counts(name):
+    config = published_config(name)
+    assert parameter_count(config) == pytest.approx(PUBLISHED_PARAMETERS[name], rel=0.01)
+    assert config.text_config.vocab_size == 151936 and config.vision_config.patch_size == 16
+
+
+def test_benchmark_builds_a_real_sized_config_without_a_gpu(tmp_path):
+    out = tmp_path / "bench.json"
+    run_script(
+        "scripts/benchmark.py", "train", "--model-config", "4b", "--work-dir",
+        str(tmp_path / "work"), "--json", str(out), "--device", "cpu",
+    )  # fmt: skip
+    train = json.loads(out.read_text())["train"]
+    assert train["model_config"] == "4b"
+    assert train["parameters"] == pytest.approx(4.44e9, rel=0.01) and "CUDA" in train["note"]
