@@ -28,8 +28,9 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def share(items: Sequence[T], rank: int, world: int) -> list[tuple[int, T]]:
-    """This rank's share of `items`: every world-th one from `rank`, with its index."""
-    return list(enumerate(items))[rank::world]
+    """This rank's share of `items`: every world-th one from `rank`, with its index (only its
+    share is read)."""
+    return [(index, items[index]) for index in range(rank, len(items), world)]
 
 
 def gather_in_order(indexed: list[tuple[int, T]], world: int) -> list[T]:

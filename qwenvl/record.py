@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,12 @@ IDENTITY = (
     Field("clip_id", str, "the source clip of the dataset"),
     Field("segment_index", int, "segment s of its clip: the 30 frames from the one nearest s s"),
 )
-VIDEO = (Field("fps", float, "the segment mp4's nominal frame rate, the one the processor gets"),)
+VIDEO = (
+    Field("fps", float, "the segment mp4's nominal frame rate, the one the processor gets"),
+    Field("frames", int, "frames the mp4 holds (30): with width and height, its token count"),
+    Field("width", int, "frame width of the mp4 in pixels"),
+    Field("height", int, "frame height of the mp4 in pixels"),
+)
 LABELS = (
     Field("future_speed", list, "forward speed (m/s) at the 30 frames after the segment: label"),
     Field("future_curvature", list, "curvature (1/m, + = left) at those 30 frames: label"),
@@ -33,6 +39,19 @@ LABELS = (
     Field("observed_curvature", list, "curvature (1/m, + = left) at the segment's own frames"),
 )
 FIELDS = IDENTITY + VIDEO + LABELS
+
+
+_ARROW_TYPES = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    list: pa.list_(pa.float64()),
+}
+
+
+def arrow_fields(fields: tuple[Field, ...]) -> list[tuple[str, pa.DataType]]:
+    """The fields as Arrow columns, for the files that store records in columns."""
+    return [(f.name, _ARROW_TYPES[f.kind]) for f in fields]
 
 
 def segment_id(clip_id: str, index: int) -> str:

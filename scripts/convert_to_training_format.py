@@ -2,15 +2,18 @@
 """Write train.json, val.json and test.json in the training format from the Hugging Face dataset.
 
 Each sample: {"id", "video", "fps", "conversations": [human "<video>\\n<prompt>", gpt answer]}
-plus the numeric labels. Video paths are relative to the folder the JSON files are in.
+plus the segment's record (video layout, labels). Video paths are relative to the folder the JSON
+files are in. Beside each JSON goes its Arrow file (train.arrow, ...), the same samples as
+training reads them at scale. Works batch by batch: memory does not grow with the dataset.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from datasets import load_from_disk
@@ -20,6 +23,7 @@ from qwenvl.answer import AnswerFormat
 from qwenvl.chat import PromptSettings, training_sample
 from qwenvl.cli import UserError, run_script
 from qwenvl.data import SPLIT_FILES
+from qwenvl.data.samples import write_training_file
 from qwenvl.files import atomic_output_dir
 
 
@@ -54,19 +58,37 @@ def run(args: argparse.Namespace) -> int:
     counts = {}
     with atomic_output_dir(output_dir, args.overwrite_output) as tmp:
         for split, filename in SPLIT_FILES.items():
-            rows = dataset[split] if split in dataset else []
-            samples = [
-                training_sample(row, os.path.relpath(row["video"], output_dir))
-                for row in tqdm(rows, desc=f"converting {split}", unit="sample")
-            ]
-            (tmp / filename).write_text(json.dumps(samples, indent=1) + "\n")
-            counts[filename] = len(samples)
+            rows = dataset[split] if split in dataset else None
+            with tqdm(total=len(rows or ()), desc=f"converting {split}", unit="sample") as bar:
+                problems = write_training_file(tmp / filename, batches(rows, output_dir, bar))
+            counts[filename] = problems.total()
+            warn_problems(filename, problems)
         answer_format.save(tmp)
         if prompt is not None:
             prompt.save(tmp)
     summary = ", ".join(f"{name} {n}" for name, n in counts.items())
     print(f"{summary} samples -> {output_dir}")
     return 0
+
+
+def batches(rows, output_dir: Path, bar: tqdm, size: int = 4096) -> Iterator[list]:
+    """(training sample, its video's path) batch by batch, read from the memory-mapped dataset:
+    memory holds one batch, whatever the number of rows."""
+    if rows is None:
+        return
+    for table in rows.data.table.to_batches(max_chunksize=size):
+        batch = []
+        for row in table.to_pylist():
+            video = row["video"]
+            batch.append((training_sample(row, os.path.relpath(video, output_dir)), video))
+        bar.update(len(batch))
+        yield batch
+
+
+def warn_problems(filename: str, problems: Counter) -> None:
+    """One line per kind of sample that training will leave out, with its count."""
+    for problem, count in sorted((p, n) for p, n in problems.items() if p is not None):
+        print(f"warning: {filename}: {count} samples: {problem} (training leaves them out)")
 
 
 def main(argv: list[str] | None = None) -> int:

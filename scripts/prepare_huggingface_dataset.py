@@ -15,16 +15,16 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from datasets import Dataset, DatasetDict
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from qwenvl.answer import AnswerFormat
 from qwenvl.chat import PromptSettings
 from qwenvl.cli import UserError, run_script
 from qwenvl.files import atomic_output_dir, check_output_dir
-from qwenvl.prepare.hf_dataset import build_split_rows
+from qwenvl.prepare.hf_dataset import build_dataset
 from qwenvl.prepare.rawdata import read_split_labels
-from qwenvl.prepare.splits import SPLITS, official_assignment, split_clips
+from qwenvl.prepare.splits import official_assignment, split_clips
 from qwenvl.prepare.writer import SOURCE
 
 
@@ -134,27 +134,25 @@ def run(args: argparse.Namespace) -> int:
         answer_format = AnswerFormat(args.velocity_decimals, args.curvature_decimals)
     except ValueError as err:
         raise UserError(str(err)) from None
-    manifest = pd.read_parquet(manifest_path)
-    assignment, described = clip_assignment(args, manifest)
+    # Only the columns that decide the split are read whole; rows are built batch by batch.
+    present = set(pq.ParquetFile(manifest_path).schema_arrow.names)
+    clips = pd.read_parquet(
+        manifest_path, columns=[c for c in ("clip_id", "split") if c in present]
+    )
+    assignment, described = clip_assignment(args, clips)
     prompt = PromptSettings()
-    rows = build_split_rows(manifest, segments_dir, assignment, prompt, answer_format)
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
-        splits = {}
-        for name in tqdm(SPLITS, desc="building splits", unit="split"):
-            if rows[name]:
-                splits[name] = Dataset.from_list(rows[name])
-        features = next(iter(splits.values())).features
-        # An empty split keeps the schema, so every split loads back the same way.
-        empty = Dataset.from_dict({key: [] for key in features}, features=features)
-        splits = {name: splits.get(name, empty) for name in SPLITS}
-        DatasetDict(splits).save_to_disk(str(tmp), num_shards={name: 1 for name in SPLITS})
+        with tqdm(total=len(clips), desc="building splits", unit="segment") as bar:
+            counts = build_dataset(
+                manifest_path, segments_dir, assignment, prompt, answer_format, tmp, bar.update
+            )
         answer_format.save(tmp)
         prompt.save(tmp)
-    counts = ", ".join(
-        f"{name} {len({r['clip_id'] for r in rows[name]})} clips / {len(rows[name])} segments"
-        for name in SPLITS
+    summary = ", ".join(
+        f"{name} {clip_count} clips / {segment_count} segments"
+        for name, (clip_count, segment_count) in counts.items()
     )
-    print(f"split: {described}; {counts} -> {args.output_dir}")
+    print(f"split: {described}; {summary} -> {args.output_dir}")
     return 0
 
 

@@ -6,6 +6,7 @@ LoRA or full fine-tuning, DeepSpeed optional, auto-resume from the newest comple
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -21,8 +22,9 @@ from qwenvl.checkpoint import InferenceFiles
 from qwenvl.cli import UserError, run_script
 from qwenvl.data import dataset_specs
 from qwenvl.data.collator import VideoCollator
-from qwenvl.data.dataset import SupervisedDataset
+from qwenvl.data.dataset import BadTrainingData, SupervisedDataset
 from qwenvl.data.samples import answer_format_of, load_samples, prompt_of
+from qwenvl.files import atomic_write_text
 from qwenvl.model import load_model, quantization_config
 from qwenvl.train.compute import ComputeReport
 from qwenvl.train.resume import find_resume_checkpoint
@@ -33,6 +35,7 @@ from qwenvl.train.trainer import QwenVLTrainer
 from qwenvl.video import VideoSettings
 
 logger = logging.getLogger("train")
+SKIPPED_FILE = "skipped_samples.json"
 
 
 @dataclass
@@ -144,6 +147,13 @@ class TrainingArguments(transformers.TrainingArguments):
             "generation and log eval_ade, eval_fde, eval_speed_mae, eval_curvature_mae"
         },
     )
+    max_bad_samples: float = field(
+        default=0.05,
+        metadata={
+            "help": "share of training samples that may fail their checks (answer, fps, "
+            "video) and be left out; more stops the run before the first step"
+        },
+    )
 
 
 class SaveInferenceFiles(TrainerCallback):
@@ -220,23 +230,56 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments):
 
 
 def build_datasets(data_args: DataArguments, training_args: TrainingArguments, processor):
+    """The training and validation datasets; their bad samples named and left out (UserError
+    when none is left or more than --max_bad_samples are bad)."""
     settings = data_args.video_settings()
-    specs = dataset_specs(data_args.dataset_use)
-    train = SupervisedDataset(
-        load_samples(specs, training_args.data_seed or training_args.seed),
-        processor,
-        settings,
-        training_args.model_max_length,
-    )
-    if len(train) == 0:
-        raise UserError(f"{data_args.dataset_use}: no training sample fits model_max_length")
-    evaluation = None
-    if data_args.eval_dataset_use:
-        eval_specs = dataset_specs(data_args.eval_dataset_use)
-        evaluation = SupervisedDataset(
-            load_samples(eval_specs), processor, settings, training_args.model_max_length
+    datasets = []
+    for use, seed in (
+        (data_args.dataset_use, training_args.data_seed or training_args.seed),
+        (data_args.eval_dataset_use, 42),
+    ):
+        if not use:
+            datasets.append(None)
+            continue
+        samples = load_samples(dataset_specs(use), seed)
+        try:
+            dataset = SupervisedDataset(
+                samples,
+                processor,
+                settings,
+                training_args.model_max_length,
+                training_args.max_bad_samples,
+            )
+            dataset.check_not_empty()
+            datasets.append(dataset)
+        except BadTrainingData as err:
+            raise UserError(f"{use}: {err}") from None
+    return datasets[0], datasets[1], settings
+
+
+def report_skipped(trainer: QwenVLTrainer, train_set: SupervisedDataset, output_dir: str) -> None:
+    """skipped_samples.json in output_dir: every sample left out at start-up or skipped while
+    training (on any rank), with why; one line when there are any."""
+    skipped = dict(trainer.skipped_samples)
+    if torch.distributed.is_initialized():
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, skipped)
+        skipped = {key: why for part in gathered for key, why in part.items()}
+    if not trainer.is_world_process_zero():
+        return
+    report = {
+        "left_out_at_start": train_set.excluded,
+        "longer_than_model_max_length": train_set.skipped,
+        "skipped_while_training": skipped,
+    }
+    atomic_write_text(Path(output_dir) / SKIPPED_FILE, json.dumps(report, indent=2) + "\n")
+    if train_set.excluded or skipped:
+        logger.warning(
+            "%d samples left out at start-up and %d skipped while training: %s",
+            len(train_set.excluded),
+            len(skipped),
+            Path(output_dir) / SKIPPED_FILE,
         )
-    return train, evaluation, settings
 
 
 def generation_metrics(data_args, training_args, processor, settings, answer_format):
@@ -286,7 +329,10 @@ def run(parsed: tuple[ModelArguments, DataArguments, TrainingArguments]) -> int:
         args=training_args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=VideoCollator(processor.tokenizer.pad_token_id),
+        data_collator=VideoCollator(
+            processor.tokenizer.pad_token_id,
+            pixel_dtype=torch.bfloat16 if training_args.bf16 else None,
+        ),
         callbacks=[
             SaveInferenceFiles(inference_files),
             LogOptimizerGroups(),
@@ -305,6 +351,7 @@ def run(parsed: tuple[ModelArguments, DataArguments, TrainingArguments]) -> int:
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    report_skipped(trainer, train_set, training_args.output_dir)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         inference_files.save(training_args.output_dir)

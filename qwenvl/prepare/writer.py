@@ -112,8 +112,9 @@ def _decoded_frames(container: av.container.InputContainer) -> Iterator[Iterator
 
 def _encode_segments(
     video: bytes, segments: list[Segment], output_dir: Path, clip_id: str, max_width: int
-) -> int:
-    """Decode the source once, feeding each frame to the segments that hold it; frame count."""
+) -> tuple[int, tuple[int, int]]:
+    """Decode the source once, feeding each frame to the segments that hold it; the frame
+    count, and the (width, height) the segments were written at."""
     owners: dict[int, list[int]] = {}
     for seg in segments:
         for frame_index in seg.frames:
@@ -137,7 +138,7 @@ def _encode_segments(
                 decoded += 1
     if writers:
         raise ClipError(f"video ends after {decoded} frames, inside segment {min(writers)}")
-    return decoded
+    return decoded, (width, height)
 
 
 def process_clip(
@@ -154,7 +155,7 @@ def process_clip(
         raise ClipError(str(err)) from None
     clip = make_segments(timestamps, egomotion)
     try:
-        decoded = _encode_segments(video, clip.segments, output_dir, clip_id, max_width)
+        decoded, size = _encode_segments(video, clip.segments, output_dir, clip_id, max_width)
         if decoded != len(timestamps):
             raise ClipError(f"video has {decoded} frames but {len(timestamps)} timestamps")
     except (av.error.FFmpegError, ClipError, ValueError) as err:
@@ -163,10 +164,10 @@ def process_clip(
             raise
         raise ClipError(f"video cannot be decoded ({err})") from None
     dropped = {segment_id(clip_id, index): why for index, why in clip.dropped.items()}
-    return [_manifest_row(clip_id, chunk, seg) for seg in clip.segments], dropped
+    return [_manifest_row(clip_id, chunk, seg, size) for seg in clip.segments], dropped
 
 
-def _manifest_row(clip_id: str, chunk: int, seg: Segment) -> dict:
+def _manifest_row(clip_id: str, chunk: int, seg: Segment, size: tuple[int, int]) -> dict:
     duration_us = seg.frame_timestamps_us[-1] - seg.frame_timestamps_us[0]
     return {
         "clip_id": clip_id,
@@ -178,6 +179,10 @@ def _manifest_row(clip_id: str, chunk: int, seg: Segment) -> dict:
         # The measured rate (jittered timestamps) is kept for reference only, since feeding it
         # would flip Qwen3-VL's rounded "<t seconds>" stamps from one segment to the next.
         "fps": float(SEGMENT_FPS),
+        # What the mp4 holds, so a sample's token count is known without opening it.
+        "frames": SEGMENT_FRAMES,
+        "width": size[0],
+        "height": size[1],
         "measured_fps": float((SEGMENT_FRAMES - 1) * 1e6 / duration_us),
         "frame_timestamps_us": seg.frame_timestamps_us.astype(np.int64).tolist(),
         **seg.labels(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from qwenvl.data.collator import SKIPPED
 from qwenvl.data.dataset import IGNORE_INDEX
 from qwenvl.train.setup import component
 
@@ -57,14 +58,21 @@ class QwenVLTrainer(Trainer):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.skipped_samples: dict[str, str] = {}  # id -> why, found while reading batches
         self.projector_lr = projector_lr
         self.vision_lr = vision_lr
         self.generation_metrics = generation_metrics
         self.label_only_logits = label_only_logits
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The Trainer's loss, computed on labelled positions only (label_only_loss)."""
+        """The Trainer's loss, computed on labelled positions only (label_only_loss), without
+        a KV cache (the model's config asks for one outside checkpointed training: at 4B about
+        2 GiB per evaluation batch for nothing). Samples the dataset skipped on the way to this
+        batch are counted in `skipped_samples`."""
+        for sample_id, why in inputs.pop(SKIPPED, ()):
+            self.skipped_samples[sample_id] = why
         if not self.label_only_logits or "labels" not in inputs:
+            inputs = {**inputs, "use_cache": False}
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = label_only_loss(model, inputs, num_items_in_batch)
         if (
@@ -120,7 +128,7 @@ def label_only_loss(model, inputs: dict, num_items_in_batch=None):
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = next_labelled  # position t predicts token t + 1
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    outputs = model(**model_inputs, logits_to_keep=keep)
+    outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
     targets = labels[:, 1:][next_labelled].to(outputs.logits.device)
     loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
