@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from qwenvl.files import StoredSettings
 
 NUM_PAIRS = 30
@@ -35,18 +37,56 @@ def format_pairs(
     pairs: Sequence[Sequence[float]], velocity_decimals: int = 1, curvature_decimals: int = 3
 ) -> str:
     """Render pairs as the answer text, e.g. '[(12.3, 0.004), (12.4, -0.002)]'."""
-    parts = []
-    for velocity, curvature in pairs:
-        v = _rounded_within(velocity, velocity_decimals, VELOCITY_DIGITS)
-        c = _rounded_within(curvature, curvature_decimals, CURVATURE_DIGITS)
-        parts.append(f"({v:.{velocity_decimals}f}, {c:.{curvature_decimals}f})")
-    return "[" + ", ".join(parts) + "]"
+    pairs = np.asarray(pairs, dtype=np.float64).reshape(1, -1, 2)
+    texts = format_many(pairs[..., 0], pairs[..., 1], velocity_decimals, curvature_decimals)
+    return texts[0].as_py()
 
 
-def _rounded_within(value: float, decimals: int, digits: int) -> float:
-    """`value` rounded to `decimals`, clipped to the widest number of `digits` integer digits."""
-    widest = round(10**digits - 10.0**-decimals, decimals)
-    return min(max(round(float(value), decimals), -widest), widest) + 0.0  # -0.0 -> 0.0
+def format_many(
+    speed: np.ndarray, curvature: np.ndarray, velocity_decimals: int, curvature_decimals: int
+):
+    """The answer texts of many rows at once, (N, K) speeds and curvatures -> N strings (an
+    Arrow array): the dataset steps write a million answers this way in seconds.
+
+    Each value is rounded to its decimals as Python's round() does (half-even on the exact
+    binary value), clipped to the widest value of its integer digits, and written without a
+    "-0".
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    speed = np.asarray(speed, dtype=np.float64)
+    rows, count = speed.shape
+    v = _decimal_strings(speed, velocity_decimals, VELOCITY_DIGITS)
+    c = _decimal_strings(
+        np.asarray(curvature, dtype=np.float64), curvature_decimals, CURVATURE_DIGITS
+    )
+    pairs = pc.binary_join_element_wise("(", v, ", ", c, ")", "")
+    lists = pa.ListArray.from_arrays(np.arange(0, rows * count + 1, count, dtype=np.int32), pairs)
+    return pc.binary_join_element_wise("[", pc.binary_join(lists, ", "), "]", "")
+
+
+def _decimal_strings(values: np.ndarray, decimals: int, digits: int):
+    """Every value as the answers write it (see format_many), flat, as an Arrow string array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    x = values.ravel()
+    scaled = x * 10.0**decimals
+    units = np.rint(scaled)
+    # Rounding the scaled float is Python's round() except where the scaled value lies within
+    # its float error of a tie; those few are rounded by Python itself.
+    tie = np.abs(np.abs(scaled - np.floor(scaled)) - 0.5) <= 1e-12 + 1e-15 * np.abs(scaled)
+    for i in np.flatnonzero(tie):
+        units[i] = round(round(float(x[i]), decimals) * 10**decimals)
+    widest = 10 ** (digits + decimals) - 1
+    units = np.clip(units, -widest, widest).astype(np.int64)
+    text = pc.cast(pa.array(np.abs(units)), pa.string())
+    if decimals:
+        text = pc.utf8_lpad(text, width=decimals + 1, padding="0")
+        whole = pc.utf8_slice_codeunits(text, 0, -decimals)
+        text = pc.binary_join_element_wise(whole, pc.utf8_slice_codeunits(text, -decimals), ".")
+    return pc.binary_join_element_wise(pc.if_else(pa.array(units < 0), "-", ""), text, "")
 
 
 def parse_pairs(text: str, expected: int = NUM_PAIRS) -> list[tuple[float, float]]:
@@ -86,6 +126,10 @@ class AnswerFormat(StoredSettings):
 
     def format(self, pairs: Sequence[Sequence[float]]) -> str:
         return format_pairs(pairs, self.velocity_decimals, self.curvature_decimals)
+
+    def format_many(self, speed: np.ndarray, curvature: np.ndarray):
+        """The answers of many rows at once (see format_many)."""
+        return format_many(speed, curvature, self.velocity_decimals, self.curvature_decimals)
 
     def widest_answer(self) -> str:
         """The longest answer text this format writes (and its grammar accepts)."""

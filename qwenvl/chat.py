@@ -11,6 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from qwenvl import record
 from qwenvl.answer import AnswerFormat
 from qwenvl.files import StoredSettings
@@ -50,55 +54,147 @@ def prompt_mismatch(model: PromptSettings | None, data: PromptSettings | None) -
     return ", ".join(differing)
 
 
-def dataset_row(row: Mapping, video: str, prompt: PromptSettings, fmt: AnswerFormat) -> dict:
-    """One row of the Hugging Face dataset from a manifest row: the chat `messages` (user: the
-    video with its fps, then the prompt; assistant: the answer) and the segment's record."""
-    fields = record.carried(row)
-    answer = fmt.format(list(zip(fields["future_speed"], fields["future_curvature"], strict=True)))
-    # Every content item holds every key: Arrow stores the list of items with one schema.
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "video", "video": video, "fps": fields["fps"], "text": None},
-                {"type": "text", "text": prompt.user_text(), "video": None, "fps": None},
-            ],
-        },
-        {
-            "role": "assistant",
-            "content": [{"type": "text", "text": answer, "video": None, "fps": None}],
-        },
+_ITEM = pa.struct(
+    [("type", pa.string()), ("video", pa.string()), ("fps", pa.float64()), ("text", pa.string())]
+)
+_TURN = pa.struct([("from", pa.string()), ("value", pa.string())])
+# A dataset row: the chat `messages` (user: the video with its fps, then the prompt; assistant:
+# the answer; every content item holds every key, as Arrow stores one schema) and the record.
+ROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        *record.arrow_fields(record.IDENTITY),
+        ("video", pa.string()),
+        *record.arrow_fields(record.VIDEO),
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.list_(_ITEM))]))),
+        ("answer", pa.string()),
+        *record.arrow_fields(record.LABELS),
     ]
-    return {
-        "id": record.segment_id(fields["clip_id"], fields["segment_index"]),
-        **record.carried(fields, record.IDENTITY),
-        "video": video,
-        **record.carried(fields, record.VIDEO),
-        "messages": messages,
-        "answer": answer,
-        **record.carried(fields, record.LABELS),
+)
+# A training sample: the seed guide's {"id", "video", "conversations"} and the record.
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("video", pa.string()),
+        *record.arrow_fields(record.VIDEO),
+        ("conversations", pa.list_(_TURN)),
+        *record.arrow_fields(record.IDENTITY + record.LABELS),
+    ]
+)
+
+
+def _interleave(n: int, *columns: pa.Array) -> pa.Array:
+    """Item k of row i from columns[k][i], rows one after the other (columns of length n)."""
+    indices = (np.arange(n)[:, None] + n * np.arange(len(columns))[None, :]).ravel()
+    return pc.take(pa.concat_arrays(list(columns)), pa.array(indices))
+
+
+def _lists(flat: pa.Array, sizes: list[int], n: int) -> pa.Array:
+    """Rows of `flat` grouped into lists: each row's lists of the given sizes, n rows."""
+    lengths = np.tile(np.array(sizes, dtype=np.int32), n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+def _label_matrix(records: pa.Table, name: str) -> np.ndarray:
+    values = pc.list_flatten(records[name].combine_chunks())
+    return values.to_numpy(zero_copy_only=False).reshape(records.num_rows, -1)
+
+
+def dataset_table(
+    records: pa.Table, videos: pa.Array, prompt: PromptSettings, fmt: AnswerFormat
+) -> pa.Table:
+    """Dataset rows (ROW_SCHEMA) of many segments at once: `records` holds their record's
+    columns, `videos` their video paths."""
+    n = records.num_rows
+    answers = fmt.format_many(
+        _label_matrix(records, "future_speed"), _label_matrix(records, "future_curvature")
+    )
+    users = pa.array([prompt.user_text()] * n, pa.string())
+    nulls = pa.nulls(n, pa.string())
+    fps = records["fps"].combine_chunks()
+    items = pa.StructArray.from_arrays(
+        [
+            _interleave(n, pa.array(["video"] * n), pa.array(["text"] * n), pa.array(["text"] * n)),
+            _interleave(n, videos, nulls, nulls),
+            _interleave(n, fps, pa.nulls(n, pa.float64()), pa.nulls(n, pa.float64())),
+            _interleave(n, nulls, users, answers),
+        ],
+        fields=list(_ITEM),
+    )
+    roles = _interleave(n, pa.array(["user"] * n), pa.array(["assistant"] * n))
+    turns = pa.StructArray.from_arrays(
+        [roles, _lists(items, [2, 1], n)], fields=list(ROW_SCHEMA.field("messages").type.value_type)
+    )
+    segment = pc.utf8_lpad(pc.cast(records["segment_index"], pa.string()), width=2, padding="0")
+    columns = {
+        "id": pc.binary_join_element_wise(records["clip_id"], segment, "_seg"),
+        "video": videos,
+        "messages": _lists(turns, [2], n),
+        "answer": answers,
+        **{f.name: records[f.name] for f in record.FIELDS},
     }
+    return pa.table([columns[name] for name in ROW_SCHEMA.names], schema=ROW_SCHEMA)
 
 
-def user_text_of_row(row: Mapping) -> str:
-    """The prompt text of a dataset row's user turn."""
-    return next(item["text"] for item in row["messages"][0]["content"] if item["type"] == "text")
+def _record_table(row: Mapping) -> pa.Table:
+    return pa.Table.from_pylist(
+        [record.carried(row)], schema=pa.schema(record.arrow_fields(record.FIELDS))
+    )
+
+
+def dataset_row(row: Mapping, video: str, prompt: PromptSettings, fmt: AnswerFormat) -> dict:
+    """One dataset row (see dataset_table) from a manifest row and its video's path."""
+    return dataset_table(_record_table(row), pa.array([video]), prompt, fmt).to_pylist()[0]
+
+
+def user_texts_of_rows(rows: pa.Table) -> pa.Array:
+    """The prompt texts of dataset rows' user turns (the first text item of the first turn)."""
+    turns = pc.list_flatten(rows["messages"].combine_chunks())
+    user_turns = pc.take(turns, pa.array(np.arange(0, len(turns), 2)))
+    items = pc.list_flatten(pc.struct_field(user_turns, "content"))
+    sizes = pc.list_value_length(pc.struct_field(user_turns, "content")).to_numpy()
+    text_index = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    is_text = pc.equal(pc.struct_field(items, "type"), "text").to_numpy(zero_copy_only=False)
+    if (sizes == 2).all() and not is_text[0::2].any() and is_text[1::2].all():
+        # The shape dataset_table writes: the video, then the text.
+        return pc.take(pc.struct_field(items, "text"), pa.array(text_index + 1))
+    # Any other shape: the first position from each turn's start that is text.
+    first = []
+    for start, size in zip(text_index, sizes, strict=True):
+        hits = np.flatnonzero(is_text[start : start + size])
+        first.append(start + hits[0] if len(hits) else -1)
+    if min(first, default=0) < 0:
+        raise ValueError("a dataset row's user turn holds no text")
+    return pc.take(pc.struct_field(items, "text"), pa.array(first))
+
+
+def training_table(rows: pa.Table, videos: pa.Array) -> pa.Table:
+    """Training samples (SAMPLE_SCHEMA) of many dataset rows at once, `videos` their video
+    paths relative to the training file."""
+    n = rows.num_rows
+    human = pc.binary_join_element_wise(f"{VIDEO_TAG}\n", user_texts_of_rows(rows), "")
+    turns = pa.StructArray.from_arrays(
+        [
+            _interleave(n, pa.array(["human"] * n), pa.array(["gpt"] * n)),
+            _interleave(n, human, rows["answer"].combine_chunks()),
+        ],
+        fields=list(_TURN),
+    )
+    columns = {
+        "id": rows["id"],
+        "video": videos,
+        "conversations": _lists(turns, [2], n),
+        **{f.name: rows[f.name] for f in record.FIELDS},
+    }
+    return pa.table([columns[name] for name in SAMPLE_SCHEMA.names], schema=SAMPLE_SCHEMA)
 
 
 def training_sample(row: Mapping, video: str) -> dict:
-    """A dataset row in the training format (the seed guide's, as qwen-vl-finetune reads it):
-    {"id", "video", "conversations": [human "<video>\\n<prompt>", gpt answer]} and the record;
-    `video` relative to the training file."""
-    return {
-        "id": row["id"],
-        "video": video,
-        **record.carried(row, record.VIDEO),
-        "conversations": [
-            {"from": "human", "value": f"{VIDEO_TAG}\n{user_text_of_row(row)}"},
-            {"from": "gpt", "value": row["answer"]},
-        ],
-        **record.carried(row, record.IDENTITY + record.LABELS),
-    }
+    """One dataset row in the training format (see training_table), `video` relative to the
+    training file."""
+    table = pa.Table.from_pylist([dict(row)], schema=ROW_SCHEMA)
+    return training_table(table, pa.array([video])).to_pylist()[0]
 
 
 def user_text_of(sample: Mapping) -> str:

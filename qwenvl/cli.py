@@ -4,12 +4,30 @@ script, and the options of the scripts that run a model."""
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable
 
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2, no traceback."""
+
+
+class DiskFull(UserError):
+    """The disk filled up while writing; str() names the path."""
+
+
+# What a full disk looks like from the C++ writers (torch.save, PyAV) that do not say ENOSPC.
+_FULL_DISK_MESSAGES = ("No space left", "basic_ios::clear", "PytorchStreamWriter failed writing")
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err` is a write that failed for want of space (or quota)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(err, OSError | RuntimeError) and any(
+        text in str(err) for text in _FULL_DISK_MESSAGES
+    )
 
 
 def run_script(
@@ -24,9 +42,19 @@ def run_script(
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as err:
+        if not disk_full(err):
+            raise
+        where = getattr(err, "filename", None) or "the output"
+        print(f"error: {where}: no space left on device ({_first_line(err)})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +66,13 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         help="where the model runs: cpu, cuda or cuda:N (default: cuda when there is a GPU)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="weights' dtype: auto is bf16 on a GPU, fp32 on a CPU; bf16 on a CPU runs it as a "
+        "GPU would (default: %(default)s)",
     )
 
 

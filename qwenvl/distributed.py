@@ -22,8 +22,13 @@ def rank_and_world() -> tuple[int, int]:
     if world == 1:
         return 0, 1
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            # Each rank on its own GPU before NCCL starts, or every rank's tensors land on GPU 0.
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+            torch.distributed.init_process_group("nccl", device_id=device)
+        else:
+            torch.distributed.init_process_group("gloo")
     return torch.distributed.get_rank(), world
 
 

@@ -12,7 +12,46 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import ClassVar, Self
 
+import numpy as np
+
 from qwenvl.cli import UserError
+
+
+def check_apart(output: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """UserError when the output is, contains, or lies inside one of the inputs (symlinks
+    resolved), with or without --overwrite-output: replacing it would delete the input.
+    `inputs` maps each input's option (for the message) to its path; None, or a path that does
+    not exist (a hub id, say), is no input on disk."""
+    out = Path(output).expanduser().resolve()
+    for option, path in inputs.items():
+        if path is None or not Path(path).expanduser().exists():
+            continue
+        source = Path(path).expanduser().resolve()
+        if out == source:
+            relation = "is"
+        elif out.is_relative_to(source):
+            relation = "lies inside"
+        elif source.is_relative_to(out):
+            relation = "contains"
+        else:
+            continue
+        raise UserError(
+            f"{output}: the output {relation} the input {option} {path}; choose an output "
+            "folder apart from every input"
+        )
+
+
+def missing_files(paths: list[str], listings: dict[str, set]) -> np.ndarray:
+    """Which of `paths` are not in their folder, each folder listed once (`listings` caches
+    the listings across calls): a million segment files cost their folders' listings, not a
+    million calls to stat."""
+    missing = np.zeros(len(paths), dtype=bool)
+    for i, path in enumerate(paths):
+        folder, name = os.path.split(path)
+        if folder not in listings:
+            listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        missing[i] = name not in listings[folder]
+    return missing
 
 
 def check_output_dir(path: str | Path, overwrite: bool) -> Path:
@@ -35,6 +74,7 @@ def atomic_output_dir(path: str | Path, overwrite: bool) -> Iterator[Path]:
     """
     final = check_output_dir(path, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -44,6 +84,25 @@ def atomic_output_dir(path: str | Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_path(tmp, final)
+
+
+def remove_stale(final: Path) -> None:
+    """Remove what a killed run left beside `final`: temporaries .NAME.tmp-PID whose process
+    is gone (a live one is another run's, and stays)."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def replace_path(new: Path, final: Path) -> None:
@@ -56,8 +115,13 @@ def replace_path(new: Path, final: Path) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a file through a temporary name so readers never see it half-written."""
     path = Path(path)
+    remove_stale(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 

@@ -29,10 +29,30 @@ def resolve_device(requested: str | None = None) -> torch.device:
 
 
 def pick_attention(device: torch.device) -> str:
-    """flash_attention_2 when installed and on CUDA, else sdpa."""
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    """flash_attention_2 when it loads and runs on CUDA here, else sdpa. A flash-attn that is
+    installed but cannot load (built against another torch or CUDA: an undefined symbol) is
+    one log line and sdpa, not a crash at model load."""
+    if device.type != "cuda" or importlib.util.find_spec("flash_attn") is None:
+        return "sdpa"
+    try:
+        from flash_attn import flash_attn_func  # noqa: F401  (loads the compiled kernels)
+    except Exception as err:  # ImportError, OSError: whatever the broken build raises
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        logger.warning("flash-attn is installed but does not load (%s); attention sdpa", reason)
+        return "sdpa"
+    from transformers.utils import is_flash_attn_2_available
+
+    if not is_flash_attn_2_available():
+        logger.warning("flash-attn loads, but transformers cannot use it here; attention sdpa")
+        return "sdpa"
+    return "flash_attention_2"
+
+
+def use_device(device: torch.device) -> None:
+    """Make `device` the current CUDA device of this process: kernels launched without one
+    (xgrammar's Triton bitmask, NCCL's collectives) go to the current device, GPU 0 unless set."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
 
 
 def quantization_config(quant: str | None):

@@ -15,6 +15,8 @@ import io
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +31,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "what", choices=["prep", "loader", "train", "generate", "all"], help="which benchmark"
+        "what",
+        choices=["prep", "loader", "train", "generate", "scale", "all"],
+        help="which benchmark (all: every one but scale)",
+    )
+    parser.add_argument(
+        "--segments",
+        default="10000,100000,1000000",
+        help="scale: manifest sizes to measure, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reference-up-to",
+        type=int,
+        default=100000,
+        help="scale: also run the way before, up to this many segments (default: %(default)s)",
     )
     parser.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
     parser.add_argument("--work-dir", help="where inputs are built (default: a temporary folder)")
@@ -514,6 +529,270 @@ def bench_train_config(
     return result
 
 
+# ---------------------------------------------------------------- scale
+
+
+def scaled_segments(work: Path, segments: int) -> Path:
+    """A segments folder of `segments` rows: the manifest of 4 synthetic 20 s clips (76
+    segments at 640x360) replicated, each copy of a clip under a new clip_id (so splits stay by
+    clip), every row's video one of the real segment files."""
+    import pandas as pd
+
+    from qwenvl.prepare.writer import MANIFEST, MANIFEST_ROW_GROUP, SOURCE
+
+    base = work / "scale_base"
+    if not (base / "segments" / "manifest.parquet").is_file():
+        scripts = Path(__file__).resolve().parent
+        for script, args in (
+            ("make_synthetic_data.py", ["--output-dir", base / "raw", "--num-clips", "4",
+                                        "--seed", "2", "--no-progress"]),
+            ("prepare_video_segments.py", ["--data-dir", base / "raw", "--output-dir",
+                                           base / "segments"]),
+        ):  # fmt: skip
+            subprocess.run(
+                [sys.executable, scripts / script, *map(str, args)], check=True, capture_output=True
+            )
+    out = work / f"scale_{segments}"
+    if (out / "manifest.parquet").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = pd.read_parquet(base / "segments" / "manifest.parquet")
+    copies = -(-segments // len(manifest))
+    parts = []
+    for copy in range(copies):
+        part = manifest.copy()
+        part["clip_id"] = part["clip_id"] + f"-{copy:06d}"
+        parts.append(part)
+    manifest = pd.concat(parts, ignore_index=True).iloc[:segments]
+    manifest.to_parquet(out / MANIFEST, row_group_size=MANIFEST_ROW_GROUP)
+    (out / "videos").symlink_to((base / "segments" / "videos").resolve())
+    (out / SOURCE).write_text((base / "segments" / SOURCE).read_text())
+    return out
+
+
+_MEASURED = """
+import json, runpy, sys, time
+out, script, *args = sys.argv[1:]
+sys.argv = [script, *args]
+start = time.perf_counter()
+try:
+    runpy.run_path(script, run_name="__main__")
+    code = 0
+except SystemExit as exit:
+    code = exit.code or 0
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+peak = int(status.split()[0]) / 1024**2
+with open(out, "w") as f:
+    json.dump({"seconds": time.perf_counter() - start, "peak_gib": peak, "exit": code}, f)
+"""
+
+
+def measured(work: Path, script: Path, *args) -> dict:
+    """Seconds and peak memory (resident set, GiB) of one run of `script` in a fresh process;
+    the seconds leave out the interpreter's start, not the script's own imports."""
+    report = work / "measured.json"
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURED, str(report), str(script), *map(str, args)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    result = json.loads(report.read_text())
+    if result.pop("exit"):
+        raise RuntimeError(f"{script.name} {' '.join(map(str, args))} failed")
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    if last.startswith("{"):  # what the script measured itself
+        result.update(json.loads(last))
+    return result
+
+
+def bench_scale(work: Path, segments: int, model_path: str, reference: bool) -> dict:
+    """The dataset steps and a rank's training start-up on a manifest of `segments` rows, ours
+    and (with `reference`) the way before: a row at a time into Python objects, and a start-up
+    that opened every video for its length."""
+    here = Path(__file__).resolve()
+    scripts = here.parent
+    source = scaled_segments(work, segments)
+    results = {"segments": segments}
+    for way in ("ours", "reference") if reference else ("ours",):
+        hf, training = work / f"hf_{segments}_{way}", work / f"training_{segments}_{way}"
+        for path in (hf, training):
+            shutil.rmtree(path, ignore_errors=True)
+        if way == "ours":
+            steps = {
+                "prepare_huggingface_dataset": (
+                    scripts / "prepare_huggingface_dataset.py",
+                    ["--segments-dir", source, "--output-dir", hf],
+                ),
+                "convert_to_training_format": (
+                    scripts / "convert_to_training_format.py",
+                    ["--input-dir", hf, "--output-dir", training],
+                ),
+            }
+        else:
+            steps = {
+                "prepare_huggingface_dataset": (here, ["_reference-dataset", source, hf]),
+                "convert_to_training_format": (here, ["_reference-convert", hf, training]),
+            }
+        row = {name: measured(work, script, *args) for name, (script, args) in steps.items()}
+        start_args = ["_startup", training / "train.json", model_path]
+        row["training_start_up"] = measured(
+            work, here, *start_args, *(["--reference"] if way == "reference" else [])
+        )
+        results[way] = row
+    return results
+
+
+def startup(train_json: str, model_path: str, reference: bool) -> None:
+    """A rank's training start-up: its samples, their checks and lengths, the first batch."""
+    import torch
+    from transformers import AutoProcessor
+
+    from qwenvl.data.collator import VideoCollator
+    from qwenvl.data.dataset import SupervisedDataset
+    from qwenvl.data.samples import load_samples
+    from qwenvl.video import VideoSettings
+
+    start = time.perf_counter()
+    processor = AutoProcessor.from_pretrained(model_path)
+    if reference:
+        dataset = ReferenceDataset(train_json, processor, VideoSettings(), 8192)
+    else:
+        dataset = SupervisedDataset(load_samples([train_json]), processor, VideoSettings(), 8192)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=2, collate_fn=VideoCollator(processor.tokenizer.pad_token_id)
+    )
+    next(iter(loader))
+    print(
+        json.dumps({"seconds_after_imports": time.perf_counter() - start, "samples": len(dataset)})
+    )
+
+
+def _python_answer(future_speed, future_curvature) -> str:
+    """An answer the way before: round() and format each value in Python."""
+
+    def written(value: float, decimals: int, digits: int) -> str:
+        widest = round(10**digits - 10.0**-decimals, decimals)
+        return f"{min(max(round(float(value), decimals), -widest), widest) + 0.0:.{decimals}f}"
+
+    pairs = zip(future_speed, future_curvature, strict=True)
+    return "[" + ", ".join(f"({written(v, 1, 2)}, {written(c, 3, 1)})" for v, c in pairs) + "]"
+
+
+def reference_row(row, video: str) -> dict:
+    """A dataset row the way before: a Python dict per manifest row, built field by field."""
+    from qwenvl.chat import INSTRUCTION
+
+    answer = _python_answer(row["future_speed"], row["future_curvature"])
+    labels = ("future_speed", "future_curvature", "observed_speed", "observed_curvature")
+    return {
+        "id": f"{row['clip_id']}_seg{int(row['segment_index']):02d}",
+        "clip_id": row["clip_id"],
+        "segment_index": int(row["segment_index"]),
+        "video": video,
+        "fps": float(row["fps"]),
+        "frames": int(row["frames"]),
+        "width": int(row["width"]),
+        "height": int(row["height"]),
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "video", "video": video, "fps": float(row["fps"]), "text": None},
+                    {"type": "text", "text": INSTRUCTION, "video": None, "fps": None},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": answer, "video": None, "fps": None}],
+            },
+        ],
+        "answer": answer,
+        **{name: [float(v) for v in row[name]] for name in labels},
+    }
+
+
+def reference_dataset(segments_dir: Path, output_dir: Path) -> None:
+    """The DatasetDict the way before: every manifest row a Python dict, then from_list."""
+    import pandas as pd
+    from datasets import Dataset, DatasetDict
+
+    from qwenvl.prepare.splits import OFFICIAL_SPLITS, SPLITS
+
+    manifest = pd.read_parquet(segments_dir / "manifest.parquet")
+    rows = {name: [] for name in SPLITS}
+    for _, row in manifest.iterrows():
+        video = str((segments_dir / row["video"]).resolve())
+        rows[OFFICIAL_SPLITS[row["split"]]].append(reference_row(row, video))
+    DatasetDict({name: Dataset.from_list(r) for name, r in rows.items() if r}).save_to_disk(
+        str(output_dir)
+    )
+
+
+def reference_convert(input_dir: Path, output_dir: Path) -> None:
+    """The training JSON the way before: every row a Python dict, the list dumped at once."""
+    from datasets import load_from_disk
+
+    from qwenvl.data import SPLIT_FILES
+
+    dataset = load_from_disk(str(input_dir))
+    output_dir.mkdir(parents=True)
+    for split, filename in SPLIT_FILES.items():
+        samples = []
+        for row in dataset[split] if split in dataset else []:
+            user = row["messages"][0]["content"][1]["text"]
+            samples.append(
+                {
+                    "id": row["id"],
+                    "video": os.path.relpath(row["video"], output_dir.resolve()),
+                    **{k: row[k] for k in ("fps", "frames", "width", "height")},
+                    "conversations": [
+                        {"from": "human", "value": f"<video>\n{user}"},
+                        {"from": "gpt", "value": row["answer"]},
+                    ],
+                    **{k: row[k] for k in ("clip_id", "segment_index", "future_speed")},
+                    **{k: row[k] for k in ("future_curvature", "observed_speed")},
+                    "observed_curvature": row["observed_curvature"],
+                }
+            )
+        (output_dir / filename).write_text(json.dumps(samples, indent=1) + "\n")
+
+
+class ReferenceDataset:
+    """The training start-up the way before: the JSON parsed whole into dicts, every video
+    opened for its frame count, every sample's text tokenised."""
+
+    def __init__(self, train_json: str, processor, settings, max_length: int) -> None:
+        from qwenvl.data.dataset import SupervisedDataset, TokenCounter, probe_video
+
+        self.inner = SupervisedDataset.__new__(SupervisedDataset)
+        self.inner.processor, self.inner.settings, self.inner.max_length = (
+            processor,
+            settings,
+            max_length,
+        )
+        tokenizer = processor.tokenizer
+        self.inner.header_ids = tokenizer("<|im_start|>assistant\n").input_ids
+        self.inner.im_end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.inner.counter = counter = TokenCounter(processor, settings)
+        folder = Path(train_json).parent
+        samples = json.loads(Path(train_json).read_text())
+        self.samples = []
+        for sample in samples:
+            sample["video"] = str(folder / sample["video"])
+            layout = probe_video(sample["video"])
+            visual = counter.visual(layout.frames, layout.height, layout.width, sample["fps"])
+            if visual + counter.text(sample) <= max_length:
+                self.samples.append(sample)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.inner.encode(self.samples[index])
+
+
 def machine() -> dict:
     import torch
 
@@ -535,6 +814,12 @@ def run(args: argparse.Namespace) -> int:
     results = {"machine": machine()}
     if "prep" in wanted:
         results["prep"] = bench_prep(work, args.repeats, args.resolutions)
+    if "scale" in wanted:
+        model_path = args.model_path or prepare_inputs(work, None)[0]
+        results["scale"] = [
+            bench_scale(work, int(n), model_path, int(n) <= args.reference_up_to)
+            for n in args.segments.split(",")
+        ]
     if set(wanted) & {"loader", "train", "generate"}:
         model_path, train_json = prepare_inputs(work, args.model_path)
         for name, fn in (
@@ -558,7 +843,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# The children bench_scale measures in fresh processes.
+INTERNAL = {
+    "_startup": lambda argv: startup(argv[0], argv[1], "--reference" in argv[2:]),
+    "_reference-dataset": lambda argv: reference_dataset(Path(argv[0]), Path(argv[1])),
+    "_reference-convert": lambda argv: reference_convert(Path(argv[0]), Path(argv[1])),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in INTERNAL:
+        INTERNAL[argv[0]](argv[1:])
+        return 0
     return run_script(parse_args, run, argv)
 
 

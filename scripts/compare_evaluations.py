@@ -15,7 +15,7 @@ from pathlib import Path
 
 from qwenvl.cli import UserError, run_script
 from qwenvl.evaluate.report import comparison_table, standing
-from qwenvl.files import atomic_write_text
+from qwenvl.files import atomic_write_text, check_apart
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +40,15 @@ def load(specs: list[str]) -> dict[str, tuple[Path, dict]]:
         if not path.is_file():
             raise UserError(f"{path}: not found (run evaluate.py first)")
         loaded[name] = (Path(folder), json.loads(path.read_text()))
+    sets = {name: m.get("test_set") for name, (_, m) in loaded.items()}
+    if None not in sets.values() and len({s["ids_sha256"] for s in sets.values()}) > 1:
+        described = ", ".join(
+            f"{name}: {s['samples']} samples of {s['path']}" for name, s in sets.items()
+        )
+        raise UserError(
+            f"evaluations of different test sets ({described}); evaluate every model on the "
+            "same test.json (and --max-samples)"
+        )
     totals = {m["parse"]["total"] for _, m in loaded.values()}
     if len(totals) > 1:
         raise UserError(f"evaluations on different numbers of samples: {sorted(totals)}")
@@ -48,6 +57,8 @@ def load(specs: list[str]) -> dict[str, tuple[Path, dict]]:
 
 def run(args: argparse.Namespace) -> int:
     loaded = load(args.evaluations)
+    if args.output:
+        check_apart(args.output, {f"{name}=": folder for name, (folder, _) in loaded.items()})
     metrics = {name: m for name, (_, m) in loaded.items()}
     table = comparison_table(metrics)
     verdicts = [standing(metrics, name) for name in metrics]

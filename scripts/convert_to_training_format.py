@@ -10,21 +10,24 @@ training reads them at scale. Works batch by batch: memory does not grow with th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 from datasets import load_from_disk
 from tqdm import tqdm
 
 from qwenvl.answer import AnswerFormat
-from qwenvl.chat import PromptSettings, training_sample
+from qwenvl.chat import PromptSettings, training_table
 from qwenvl.cli import UserError, run_script
 from qwenvl.data import SPLIT_FILES
 from qwenvl.data.samples import write_training_file
-from qwenvl.files import atomic_output_dir
+from qwenvl.files import atomic_output_dir, check_apart
+from qwenvl.prepare.writer import SOURCE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    source = Path(args.input_dir) / SOURCE
+    segments = json.loads(source.read_text())["segments_dir"] if source.is_file() else None
+    check_apart(args.output_dir, {"--input-dir": args.input_dir, "its segments": segments})
     try:
         dataset = load_from_disk(args.input_dir)
     except (FileNotFoundError, ValueError) as err:
@@ -71,18 +77,38 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def batches(rows, output_dir: Path, bar: tqdm, size: int = 4096) -> Iterator[list]:
-    """(training sample, its video's path) batch by batch, read from the memory-mapped dataset:
-    memory holds one batch, whatever the number of rows."""
+def batches(rows, output_dir: Path, bar: tqdm, size: int = 8192) -> Iterator[tuple]:
+    """(training samples, their videos' paths) batch by batch, read from the memory-mapped
+    dataset: memory holds one batch, whatever the number of rows."""
     if rows is None:
         return
-    for table in rows.data.table.to_batches(max_chunksize=size):
-        batch = []
-        for row in table.to_pylist():
-            video = row["video"]
-            batch.append((training_sample(row, os.path.relpath(video, output_dir)), video))
-        bar.update(len(batch))
-        yield batch
+    relative: dict[str, str] = {}  # a video folder -> the same relative to output_dir
+    for table in read_in_batches(rows, size):
+        videos = table["video"].to_pylist()
+        paths = []
+        for video in videos:
+            folder, name = os.path.split(video)
+            if folder not in relative:
+                relative[folder] = os.path.relpath(folder, output_dir)
+            paths.append(f"{relative[folder]}/{name}")
+        bar.update(table.num_rows)
+        yield training_table(table, pa.array(paths, pa.string())), videos
+
+
+def read_in_batches(rows, size: int) -> Iterator[pa.Table]:
+    """The rows of a saved split in tables of about `size` rows, read from its files as
+    streams: memory holds a batch, where the memory-mapped table would keep every page read."""
+    pending, count = [], 0
+    for cache in rows.cache_files:
+        with pa.OSFile(cache["filename"]) as source:
+            for batch in pa.ipc.open_stream(source):
+                pending.append(batch)
+                count += batch.num_rows
+                if count >= size:
+                    yield pa.Table.from_batches(pending)
+                    pending, count = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
 
 
 def warn_problems(filename: str, problems: Counter) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qwenvl import distributed, record
+from qwenvl import distributed
 from qwenvl.chat import PromptSettings, prompt_mismatch
 from qwenvl.cli import UserError, add_generation_arguments, add_inference_arguments, run_script
-from qwenvl.data.samples import load_samples
-from qwenvl.evaluate.predictions import predict_samples, write_predictions
+from qwenvl.data.samples import load_samples, mean_pairs
+from qwenvl.evaluate.predictions import predict_samples, test_set, write_predictions
 from qwenvl.evaluate.report import metrics_table, score, write_report
-from qwenvl.files import atomic_output_dir, check_output_dir
+from qwenvl.files import atomic_output_dir, check_apart, check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +77,8 @@ def train_future(args: argparse.Namespace) -> np.ndarray | None:
     if not path.is_file():
         print(f"note: {path} not found; the train-set mean baseline is left out", file=sys.stderr)
         return None
-    return np.array([record.pairs(s, "future") for s in read_samples(path)])
+    # Its mean is all the baseline needs, summed in bulk: train.json may hold millions.
+    return mean_pairs(read_samples(path), "future")[None]
 
 
 def check_prompt(args: argparse.Namespace, model_prompt: PromptSettings | None) -> None:
@@ -97,6 +98,13 @@ def check_prompt(args: argparse.Namespace, model_prompt: PromptSettings | None) 
 
 def run(args: argparse.Namespace) -> int:
     rank, world = distributed.rank_and_world()
+    inputs = {
+        "--model-path": args.model_path,
+        "--base-model": args.base_model,
+        "--test-json's folder": Path(args.test_json).parent,
+        "--train-json's folder": Path(args.train_json).parent if args.train_json else None,
+    }
+    check_apart(args.output_dir, inputs)
     check_output_dir(args.output_dir, args.overwrite_output)
     samples = read_samples(Path(args.test_json), args.max_samples)
     if not samples:
@@ -110,21 +118,29 @@ def run(args: argparse.Namespace) -> int:
     ranks = f" x {world} ranks" if world > 1 else ""
     if rank == 0:
         print(f"{args.model_path}: {loaded.describe()}{ranks}")
-    records = predict_samples(
+    records, unscored = predict_samples(
         loaded, samples, rank, world, args.batch_size, args.max_new_tokens, args.constrained
     )
     if rank != 0:
         return 0
+    for number, (sample_id, why) in enumerate(unscored.items()):
+        if number < 20:
+            print(f"not scored: {sample_id}: {why}", file=sys.stderr)
+    if not records:
+        raise UserError(f"{args.test_json}: no sample could be answered ({len(unscored)} not)")
     metrics = score(records, train_future(args))
     metrics["model_path"] = args.model_path
     metrics["decoding"] = "constrained" if args.constrained else "free"
+    metrics["test_set"] = test_set(args.test_json, samples)
+    metrics["unscored"] = {"count": len(unscored), "samples": unscored}
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         write_predictions(records, tmp / "predictions.jsonl")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_report(metrics, records, args.model_path, tmp)
     print(metrics_table(metrics))
+    left_out = f", {len(unscored)} samples not scored (see metrics.json)" if unscored else ""
     print(
-        f"parsed {metrics['parse']['parsed']}/{metrics['parse']['total']}; report: "
+        f"parsed {metrics['parse']['parsed']}/{metrics['parse']['total']}{left_out}; report: "
         f"{Path(args.output_dir) / 'report.md'}"
     )
     return 0

@@ -18,6 +18,8 @@ REPORT_TO="${REPORT_TO:-none}"                        # none, tensorboard or wan
 RESUME="${RESUME:-1}"                                 # 0 = start fresh even if checkpoints exist
 LOGGING_STEPS="${LOGGING_STEPS:-1}"
 DATALOADER_WORKERS="${DATALOADER_WORKERS:-4}"
+PRECISION="${PRECISION:-auto}"                        # auto: bf16 on GPU, fp32 on CPU; bf16: the
+                                                      # GPU's regime on a CPU too; fp32
 # --- video settings, per frame (Qwen3-VL spends one token per 32x32 pixels per 2 frames):
 #   VIDEO_FPS, VIDEO_MIN_FRAMES, VIDEO_MAX_FRAMES, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS; their
 #   defaults are qwenvl.video.VideoSettings' (filled in by the pre-flight below).
@@ -29,7 +31,7 @@ MASTER_PORT="${MASTER_PORT:-29500}"
 
 COMMON_SETTINGS=(MODEL_PATH DATASETS EVAL_DATASETS EVAL_GENERATE_SAMPLES OUTPUT_DIR EPOCHS MAX_STEPS
   BATCH_SIZE GRAD_ACCUM LR SAVE_STEPS SAVE_TOTAL_LIMIT SEED TUNE_MM_VISION TUNE_MM_MLP TUNE_MM_LLM
-  MODEL_MAX_LENGTH DEEPSPEED_CONFIG REPORT_TO RESUME LOGGING_STEPS DATALOADER_WORKERS VIDEO_FPS
+  MODEL_MAX_LENGTH DEEPSPEED_CONFIG REPORT_TO RESUME LOGGING_STEPS DATALOADER_WORKERS PRECISION VIDEO_FPS
   VIDEO_MIN_FRAMES VIDEO_MAX_FRAMES VIDEO_MIN_PIXELS VIDEO_MAX_PIXELS NPROC_PER_NODE NNODES
   NODE_RANK MASTER_ADDR MASTER_PORT OMP_NUM_THREADS)
 
@@ -77,6 +79,7 @@ torchrun_train() {
     --video_min_pixels "$VIDEO_MIN_PIXELS" --video_max_pixels "$VIDEO_MAX_PIXELS"
   )
   [ -n "$EVAL_DATASETS" ] && args+=(--eval_strategy steps --eval_steps "$SAVE_STEPS")
+  case "$PRECISION" in bf16) args+=(--bf16 True) ;; fp32) args+=(--bf16 False) ;; esac
   [ -n "$DEEPSPEED_CONFIG" ] && args+=(--deepspeed "$DEEPSPEED_CONFIG")
   exec "$PYTHON" -m qwenvl.train.torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" \
     --nproc_per_node "$NPROC_PER_NODE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qwenvl.checkpoint import InferenceFiles
 from qwenvl.cli import UserError, add_inference_arguments, run_script
-from qwenvl.files import atomic_output_dir, check_output_dir
+from qwenvl.files import atomic_output_dir, check_apart, check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,13 +33,14 @@ def run(args: argparse.Namespace) -> int:
     adapter = Path(args.adapter_path)
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json (not a LoRA adapter directory)")
-    check_output_dir(args.output_dir, args.overwrite_output)
-    from qwenvl.inference.load import load_for_script
-
     base = (
         args.base_model
         or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     )
+    check_apart(args.output_dir, {"--adapter-path": adapter, "its base model": base})
+    check_output_dir(args.output_dir, args.overwrite_output)
+    from qwenvl.inference.load import load_for_script
+
     args.base_model = base
     loaded = load_for_script(args, str(adapter))
     print(f"{adapter}: {loaded.describe()}")

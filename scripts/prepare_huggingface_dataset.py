@@ -21,11 +21,11 @@ from tqdm import tqdm
 from qwenvl.answer import AnswerFormat
 from qwenvl.chat import PromptSettings
 from qwenvl.cli import UserError, run_script
-from qwenvl.files import atomic_output_dir, check_output_dir
+from qwenvl.files import atomic_output_dir, atomic_write_text, check_apart, check_output_dir
 from qwenvl.prepare.hf_dataset import build_dataset
 from qwenvl.prepare.rawdata import read_split_labels
 from qwenvl.prepare.splits import official_assignment, split_clips
-from qwenvl.prepare.writer import SOURCE
+from qwenvl.prepare.writer import MANIFEST, SOURCE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,18 +87,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def data_dir(args: argparse.Namespace) -> str | None:
+    """The dataset root: --data-dir, else the one the segments were cut from."""
+    source = Path(args.segments_dir) / SOURCE
+    if args.data_dir is None and source.is_file():
+        return json.loads(source.read_text())["data_dir"]
+    return args.data_dir
+
+
 def official_labels(args: argparse.Namespace, manifest: pd.DataFrame) -> tuple[pd.Series, str]:
     """clip_id -> official split label, and where it came from."""
     clips = manifest.drop_duplicates("clip_id").set_index("clip_id")
     if args.split_name:
-        data_dir = args.data_dir
-        source = Path(args.segments_dir) / SOURCE
-        if data_dir is None and source.is_file():
-            data_dir = json.loads(source.read_text())["data_dir"]
-        if data_dir is None:
+        root = data_dir(args)
+        if root is None:
             raise UserError(f"{args.segments_dir}: no {SOURCE}; pass --data-dir")
         try:
-            labels = read_split_labels(Path(data_dir), args.split_name)
+            labels = read_split_labels(Path(root), args.split_name)
         except (FileNotFoundError, KeyError, ValueError) as err:
             raise UserError(str(err).splitlines()[0]) from None
         return labels.reindex(clips.index), f"official, splits/{args.split_name}.parquet"
@@ -126,9 +131,10 @@ def clip_assignment(args: argparse.Namespace, manifest: pd.DataFrame) -> tuple[d
 
 def run(args: argparse.Namespace) -> int:
     segments_dir = Path(args.segments_dir)
-    manifest_path = segments_dir / "manifest.parquet"
+    manifest_path = segments_dir / MANIFEST
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path}: not found (run prepare_video_segments.py first)")
+    check_apart(args.output_dir, {"--segments-dir": segments_dir, "--data-dir": data_dir(args)})
     check_output_dir(args.output_dir, args.overwrite_output)
     try:
         answer_format = AnswerFormat(args.velocity_decimals, args.curvature_decimals)
@@ -148,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
             )
         answer_format.save(tmp)
         prompt.save(tmp)
+        # The segments the rows point at: inputs of the next step too.
+        source = json.dumps({"segments_dir": str(segments_dir.resolve())}, indent=2) + "\n"
+        atomic_write_text(tmp / SOURCE, source)
     summary = ", ".join(
         f"{name} {clip_count} clips / {segment_count} segments"
         for name, (clip_count, segment_count) in counts.items()

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -26,11 +27,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from qwenvl.cli import UserError, run_script
-from qwenvl.files import atomic_write_text, check_output_dir, replace_path
+from qwenvl.files import atomic_write_text, check_apart, check_output_dir, replace_path
 from qwenvl.prepare.rawdata import DEFAULT_CAMERA, ClipSelection, RawDataset
-from qwenvl.prepare.writer import CLIP_RESULTS, SOURCE, finished_clips, segment_clip_task
-
-MANIFEST = "manifest.parquet"
+from qwenvl.prepare.writer import (
+    CLIP_RESULTS,
+    MANIFEST,
+    MANIFEST_ROW_GROUP,
+    SOURCE,
+    finished_clips,
+    segment_clip_task,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,6 +110,21 @@ def run_local(tasks: list[tuple], workers: int) -> Iterator[dict]:
         yield from pool.map(_task, tasks)
 
 
+def check_reachable(address: str) -> None:
+    """A head node at host:port must answer within seconds: Ray itself would retry for minutes
+    before saying it cannot join."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if address in ("local", "auto") or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise UserError(
+            f"--ray {address}: cannot join Ray, nothing answers there ({err.strerror or err}); "
+            "start it with `ray start --head` on that node, or pass the address it printed"
+        ) from None
+
+
 def run_on_ray(tasks: list[tuple], address: str) -> Iterator[dict]:
     """Each clip a Ray task (one CPU); results as they finish. Ray tasks rather than Ray Data:
     clips are independent files whose outputs are written by the task itself, so a task per
@@ -174,7 +195,7 @@ def write_outputs(records: list[dict], selection: ClipSelection, args, staging: 
     if not rows:
         raise UserError(f"{args.data_dir}: no clip produced a segment ({len(skipped)} skipped)")
     manifest = pd.DataFrame(rows).sort_values(["clip_id", "segment_index"], ignore_index=True)
-    manifest.to_parquet(staging / MANIFEST, index=False)
+    manifest.to_parquet(staging / MANIFEST, index=False, row_group_size=MANIFEST_ROW_GROUP)
     summary = {
         "clips_segmented": int(manifest["clip_id"].nunique()),
         "segments": len(manifest),
@@ -195,6 +216,9 @@ def write_outputs(records: list[dict], selection: ClipSelection, args, staging: 
 
 
 def run(args: argparse.Namespace) -> int:
+    check_apart(args.output_dir, {"--data-dir": args.data_dir})
+    if args.ray:
+        check_reachable(args.ray)
     dataset = RawDataset(Path(args.data_dir), args.camera)
     selection = select(dataset)
     output = check_output_dir(args.output_dir, args.overwrite_output)

@@ -20,11 +20,11 @@ from transformers import AutoProcessor, HfArgumentParser, TrainerCallback, set_s
 from qwenvl import distributed
 from qwenvl.checkpoint import InferenceFiles
 from qwenvl.cli import UserError, run_script
-from qwenvl.data import dataset_specs
+from qwenvl.data import data_list, dataset_specs
 from qwenvl.data.collator import VideoCollator
 from qwenvl.data.dataset import BadTrainingData, SupervisedDataset
 from qwenvl.data.samples import answer_format_of, load_samples, prompt_of
-from qwenvl.files import atomic_write_text
+from qwenvl.files import atomic_write_text, check_apart
 from qwenvl.model import load_model, quantization_config
 from qwenvl.train.compute import ComputeReport
 from qwenvl.train.resume import find_resume_checkpoint
@@ -220,8 +220,14 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments):
     quantization = quantization_config(model_args.quantization)
     if quantization is not None and (not model_args.lora_enable or training_args.deepspeed):
         raise ValueError("QUANT=4bit is for LoRA without DeepSpeed (QLoRA)")
+    # bf16 weights whenever the run computes in bf16: on a GPU, and on a CPU asked for the
+    # GPU's regime (PRECISION=bf16); the trained ones get fp32 masters below.
+    dtype = torch.bfloat16 if training_args.bf16 else torch.float32
     model = load_model(
-        model_args.model_name_or_path, model_args.attn_implementation, quantization=quantization
+        model_args.model_name_or_path,
+        model_args.attn_implementation,
+        dtype=dtype,
+        quantization=quantization,
     )
     lora = lora_settings(model_args)
     model = setup_training(model, flags, lora, deepspeed=bool(training_args.deepspeed))
@@ -296,14 +302,31 @@ def generation_metrics(data_args, training_args, processor, settings, answer_for
     )
 
 
+def check_run(model_args, data_args, training_args) -> None:
+    """What the launchers' pre-flight checks, for train.py run without them."""
+    if training_args.eval_generate_samples > 0 and not data_args.eval_dataset_use:
+        raise UserError("--eval_generate_samples needs validation data (--eval_dataset_use)")
+    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise UserError("--num_train_epochs 0 and no --max_steps: nothing would train")
+    if not 0 <= training_args.max_bad_samples <= 1:
+        raise UserError(f"--max_bad_samples {training_args.max_bad_samples}: a share in [0, 1]")
+    inputs = {"--model_name_or_path": model_args.model_name_or_path}
+    try:
+        for use in (data_args.dataset_use, data_args.eval_dataset_use):
+            for entry in data_list(dataset_specs(use)):
+                inputs[entry["annotation_path"]] = Path(entry["annotation_path"]).parent
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    check_apart(training_args.output_dir, inputs)
+
+
 def run(parsed: tuple[ModelArguments, DataArguments, TrainingArguments]) -> int:
     model_args, data_args, training_args = parsed
     logging.basicConfig(
         level=logging.INFO if training_args.local_rank in (-1, 0) else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
     )
-    if training_args.eval_generate_samples > 0 and not data_args.eval_dataset_use:
-        raise UserError("--eval_generate_samples needs validation data (--eval_dataset_use)")
+    check_run(model_args, data_args, training_args)
     set_seed(training_args.seed)
     if training_args.deepspeed and torch.distributed.is_initialized():
         # ZeRO-3 partitions weights while they load; DeepSpeed must see the whole job first.

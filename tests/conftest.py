@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -22,12 +25,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_script(*args: str, env: dict | None = None, check: bool = True, timeout: int = 900):
-    """Run one of our scripts as a user would; returns the CompletedProcess."""
+def run_script(
+    *args: str,
+    env: dict | None = None,
+    check: bool = True,
+    timeout: int = 900,
+    cwd: Path | None = None,
+):
+    """Run one of our scripts as a user would (from the project folder, or `cwd`); returns the
+    CompletedProcess."""
     cmd = [sys.executable, *args] if args[0].endswith(".py") else list(args)
+    if cwd is not None and args[0].endswith(".py") and not Path(args[0]).is_absolute():
+        cmd[1] = str(ROOT / args[0])
     result = subprocess.run(
         cmd,
-        cwd=ROOT,
+        cwd=cwd or ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -38,6 +50,29 @@ def run_script(*args: str, env: dict | None = None, check: bool = True, timeout:
             f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+_SCRIPTS: dict[str, object] = {}
+
+
+def script_main(name: str):
+    """A script's main(argv), run in this process: what the script does, without starting a
+    Python (each import of torch and transformers costs seconds) for checks that need none."""
+    if name not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[name] = module
+    return _SCRIPTS[name].main
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (symlinks followed) -> a hash of its bytes."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -108,3 +143,44 @@ def build_training_json(segments: Path, base: Path, *split_args: str) -> Path:
 @pytest.fixture(scope="session")
 def training_dir(segments_dir, tmp_path_factory) -> Path:
     return build_training_json(segments_dir, tmp_path_factory.mktemp("dataset"))
+
+
+SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
+
+
+def launcher_env(model, data, out, **extra) -> dict:
+    """The settings every launcher test runs with (small video, no workers), and `extra`."""
+    return {
+        "MODEL_PATH": str(model),
+        "DATASETS": str(data),
+        "OUTPUT_DIR": str(out),
+        "DATALOADER_WORKERS": "0",
+        "LOGGING_STEPS": "1",
+        "GRAD_ACCUM": "1",
+        "MASTER_PORT": str(free_port()),
+        **SMALL_VIDEO,
+        **{k: str(v) for k, v in extra.items()},
+    }
+
+
+@pytest.fixture(scope="session")
+def four_samples(training_dir) -> Path:
+    """A training JSON of 4 samples, with video paths valid from its own folder."""
+    samples = json.loads((training_dir / "train.json").read_text())[:4]
+    path = training_dir / "four.json"
+    path.write_text(json.dumps(samples))
+    return path
+
+
+# The one short LoRA run the tests of a trained adapter share (checkpoints 2, 4, 6, 8).
+LORA_RUN = dict(MAX_STEPS=8, BATCH_SIZE=2, LR="5e-3", SAVE_STEPS=2, SAVE_TOTAL_LIMIT=5, SEED=11)
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_model_dir, four_samples, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lora_run") / "lora"
+    run_script(
+        "./train_physical_ai_lora.sh",
+        env=launcher_env(tiny_model_dir, four_samples, out, **LORA_RUN),
+    )
+    return out

@@ -99,6 +99,13 @@ def write_report(metrics: dict, records: list[dict], model_path: str, output_dir
         "curvature) with the unicycle model over 1 s.\n",
         metrics_table(metrics),
     ]
+    unscored = metrics.get("unscored", {}).get("count", 0)
+    if unscored:
+        parts.insert(
+            2,
+            f"{unscored} test samples could not be answered (video missing or unreadable, or "
+            "labels absent) and are not scored; metrics.json names each with why.\n",
+        )
     for bucket in buckets:
         parts += [f"\n## {bucket}\n", metrics_table(metrics, bucket)]
     write_plots(records, output_dir)

@@ -3,6 +3,8 @@ answer grammar (xgrammar), within a token budget fitted to the answer format."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -40,14 +42,31 @@ def compile_answer_grammar(loaded: LoadedModel):
     return xgr.GrammarCompiler(info).compile_grammar(loaded.answer_format.grammar())
 
 
-def clips_of(samples: list[dict], settings: VideoSettings) -> list[tuple[np.ndarray, float]]:
-    """(frames, fps) of training-format samples, decoded at the model's frame size; a sample's
-    recorded fps (its segment's nominal rate) wins over the container's."""
-    clips = [decode_video(s["video"], settings) for s in samples]
-    return [
-        (frames, float(s.get("fps") or fps))
-        for s, (frames, fps) in zip(samples, clips, strict=True)
-    ]
+class ClipUnreadable(ValueError):
+    """A clip that cannot be answered: str() says why (not found, does not decode, ...)."""
+
+
+def decode_problem(err: Exception) -> str:
+    """The cause of a failed decode in a few words: PyAV's message repeats the path, its
+    strerror is the cause alone."""
+    return getattr(err, "strerror", None) or str(err).splitlines()[0] or type(err).__name__
+
+
+def clip_of(sample: dict, settings: VideoSettings) -> tuple[np.ndarray, float]:
+    """(frames, fps) of a training-format sample, decoded at the model's frame size (its
+    recorded fps, the segment's nominal rate, wins over the container's); ClipUnreadable when
+    its video is missing, does not decode, or holds fewer frames than it claims."""
+    video = sample.get("video")
+    if not isinstance(video, str) or not Path(video).is_file():
+        raise ClipUnreadable("video not found")
+    try:
+        frames, fps = decode_video(video, settings)
+    except Exception as err:  # PyAV raises many kinds (InvalidDataError, EOFError, ...)
+        raise ClipUnreadable(f"cannot decode ({decode_problem(err)})") from None
+    claimed = sample.get("frames")
+    if claimed and len(frames) < claimed:
+        raise ClipUnreadable(f"decodes {len(frames)} of the {claimed} frames it claims")
+    return frames, float(sample.get("fps") or fps)
 
 
 def build_inputs(

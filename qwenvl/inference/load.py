@@ -16,7 +16,7 @@ from qwenvl.answer import AnswerFormat
 from qwenvl.chat import PromptSettings
 from qwenvl.cli import UserError
 from qwenvl.files import first_stored
-from qwenvl.model import load_model, resolve_device
+from qwenvl.model import load_model, resolve_device, use_device
 from qwenvl.video import VideoSettings
 
 logger = logging.getLogger(__name__)
@@ -56,11 +56,15 @@ def _has_processor(path: Path) -> bool:
     ).is_file()
 
 
+DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
 def load_for_inference(
     model_path: str,
     base_model: str | None = None,
     device: str | None = None,
     data_dir: str | Path | None = None,
+    dtype: str = "auto",
 ) -> LoadedModel:
     """A LoRA adapter directory is applied on its base (or --base-model); anything else loads
     directly, onto `device` (default: CUDA when there is one, else the CPU).
@@ -70,17 +74,19 @@ def load_for_inference(
     then fall back to the VIDEO_* environment variables or the defaults (a base model has none).
     """
     target = resolve_device(device)
+    use_device(target)
     path = Path(model_path)
     adapter_config = path / "adapter_config.json"
     if adapter_config.is_file():
         from peft import PeftModel
 
         base = base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(load_model(base, device=target), str(path))
+        base_weights = load_model(base, device=target, dtype=DTYPES[dtype])
+        model = PeftModel.from_pretrained(base_weights, str(path))
         kind = "adapter"
     else:
         base = base_model or model_path
-        model = load_model(model_path, device=target)
+        model = load_model(model_path, device=target, dtype=DTYPES[dtype])
         kind = "full"
     processor = AutoProcessor.from_pretrained(model_path if _has_processor(path) else base)
     settings = first_stored(VideoSettings, path, base)
@@ -103,6 +109,8 @@ def load_for_script(args, model_path: str, data_dir: str | Path | None = None) -
     except ValueError as err:
         raise UserError(f"--device: {err}") from None
     try:
-        return load_for_inference(model_path, args.base_model, args.device, data_dir)
+        return load_for_inference(
+            model_path, args.base_model, args.device, data_dir, getattr(args, "dtype", "auto")
+        )
     except (OSError, ValueError) as err:
         raise UserError(f"{model_path}: cannot load ({str(err).splitlines()[0]})") from None

@@ -16,12 +16,17 @@ from pathlib import Path
 import av
 import numpy as np
 
+from qwenvl.cli import DiskFull, disk_full
 from qwenvl.files import atomic_write_text
 from qwenvl.prepare.labels import SEGMENT_FRAMES, ClipError, Segment, make_segments
 from qwenvl.prepare.rawdata import MissingClipData, RawDataset
 from qwenvl.record import segment_id
 
 SEGMENT_FPS = 30
+MANIFEST = "manifest.parquet"
+# The manifest is read a row group at a time (prepare_huggingface_dataset.py): groups this
+# size keep that memory small whatever the number of segments.
+MANIFEST_ROW_GROUP = 8192
 SOURCE = "source.json"  # in the segments folder: the dataset root and camera they were cut from
 CLIP_RESULTS = "clips"  # in a run's staging folder: one JSON per clip finished
 
@@ -158,9 +163,15 @@ def process_clip(
         decoded, size = _encode_segments(video, clip.segments, output_dir, clip_id, max_width)
         if decoded != len(timestamps):
             raise ClipError(f"video has {decoded} frames but {len(timestamps)} timestamps")
-    except (av.error.FFmpegError, ClipError, ValueError) as err:
+    except (av.error.FFmpegError, ClipError, ValueError, OSError) as err:
         shutil.rmtree(clip_dir, ignore_errors=True)
         if isinstance(err, ClipError):
+            raise
+        # A full disk, or any other fault of the output, is not the clip's: the run stops (and
+        # continues with --resume once it is mended).
+        if disk_full(err):
+            raise DiskFull(f"{clip_dir}: no space left on device") from None
+        if not isinstance(err, av.error.FFmpegError | ValueError):
             raise
         raise ClipError(f"video cannot be decoded ({err})") from None
     dropped = {segment_id(clip_id, index): why for index, why in clip.dropped.items()}

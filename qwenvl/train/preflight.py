@@ -20,7 +20,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from qwenvl.cli import UserError
 from qwenvl.data import data_list, dataset_specs
+from qwenvl.files import check_apart
 from qwenvl.train.resume import find_resume_checkpoint
 from qwenvl.train.settings import LoraSettings, Tuning
 from qwenvl.video import VideoSettings
@@ -92,6 +94,8 @@ def check_numbers(env: dict, kind: str) -> None:
         raise SettingError("EVAL_GENERATE_SAMPLES needs validation data: set EVAL_DATASETS")
     for name in ("TUNE_MM_VISION", "TUNE_MM_MLP", "TUNE_MM_LLM"):
         flag(env, name)
+    if env.get("PRECISION", "auto") not in ("auto", "bf16", "fp32"):
+        raise SettingError(f"PRECISION={env['PRECISION']}: expected auto, bf16 or fp32")
     if not any(flag(env, n) for n in ("TUNE_MM_VISION", "TUNE_MM_MLP", "TUNE_MM_LLM")):
         raise SettingError(
             "TUNE_MM_VISION, TUNE_MM_MLP and TUNE_MM_LLM are all False: nothing trains"
@@ -129,6 +133,16 @@ def check_paths(env: dict) -> None:
     looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
     if looks_local and not Path(model).expanduser().exists():
         raise SettingError(f"MODEL_PATH={model}: no such folder (nor a hub id like org/name)")
+    inputs = {"MODEL_PATH": model}
+    for name in ("DATASETS", "EVAL_DATASETS"):
+        for number, entry in enumerate(data_list(dataset_specs(env.get(name, "")))):
+            inputs[f"{name} ({entry['annotation_path']})" if number else name] = Path(
+                entry["annotation_path"]
+            ).parent
+    try:
+        check_apart(output, inputs)
+    except UserError as err:
+        raise SettingError(f"OUTPUT_DIR={err}") from None
 
 
 def check_master_port(env: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -13,9 +14,12 @@ from qwenvl.answer import AnswerFormat, AnswerParseError, parse_pairs
 from qwenvl.chat import user_text_of
 from qwenvl.distributed import gather_in_order, share
 from qwenvl.evaluate.metrics import error_metrics
-from qwenvl.inference.generate import clips_of, generate_answers
+from qwenvl.evaluate.predictions import scoring_problem
+from qwenvl.inference.generate import ClipUnreadable, clip_of, generate_answers
 from qwenvl.inference.load import LoadedModel
 from qwenvl.video import VideoSettings
+
+logger = logging.getLogger(__name__)
 
 # Logged next to eval_loss; error_metrics' keys -> the Trainer's names.
 LOGGED = {
@@ -24,6 +28,22 @@ LOGGED = {
     "speed_mae": "speed_mae",
     "curvature_mae": "curvature_mae",
 }
+
+
+def readable(samples, settings: VideoSettings) -> list[dict]:
+    """The samples that can be answered and scored; the others named in the log and left out
+    (read once here, so no evaluation stops on one)."""
+    kept = []
+    for sample in samples:
+        try:
+            problem = scoring_problem(sample)
+            if problem:
+                raise ClipUnreadable(problem)
+            clip_of(sample, settings)
+            kept.append(sample)
+        except ClipUnreadable as err:
+            logger.warning("task metrics leave out %s: %s", sample.get("id"), err)
+    return kept
 
 
 class GenerationMetrics:
@@ -40,7 +60,8 @@ class GenerationMetrics:
         answer_format: AnswerFormat,
         batch_size: int,
     ) -> None:
-        self.samples, self.processor, self.settings = samples, processor, settings
+        self.samples = readable(samples, settings)
+        self.processor, self.settings = processor, settings
         self.answer_format, self.batch_size = answer_format, max(1, batch_size)
         self._loaded: LoadedModel | None = None
 
@@ -68,7 +89,7 @@ class GenerationMetrics:
                 samples = [sample for _, sample in batch]
                 texts = generate_answers(
                     loaded,
-                    clips_of(samples, self.settings),
+                    [clip_of(sample, self.settings) for sample in samples],
                     [user_text_of(sample) for sample in samples],
                     constrained=True,
                     synced_gpus=synced,

@@ -3,9 +3,12 @@ eval_loss."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import Trainer
 
+from qwenvl.cli import DiskFull, disk_full
 from qwenvl.data.collator import SKIPPED
 from qwenvl.data.dataset import IGNORE_INDEX
 from qwenvl.train.setup import component
@@ -98,6 +101,20 @@ class QwenVLTrainer(Trainer):
                 self.log(task)
                 metrics.update(task)
         return metrics
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, and on a full disk one line naming it (a checkpoint left
+        half-written is never resumed from: qwenvl.train.resume checks every file)."""
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as err:
+            if not disk_full(err):
+                raise
+            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            raise DiskFull(
+                f"{folder}: no space left on device while saving this checkpoint (it is "
+                "incomplete and will not be resumed from)"
+            ) from None
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:

@@ -9,13 +9,13 @@ import torch
 from transformers import AutoProcessor
 
 from qwenvl.data.collator import VideoCollator
-from qwenvl.data.dataset import IGNORE_INDEX, SupervisedDataset
+from qwenvl.data.dataset import IGNORE_INDEX, SupervisedDataset, TokenCounter, encode_clip
 from qwenvl.data.samples import load_samples
 from qwenvl.model import load_model
 from qwenvl.train.settings import LoraSettings, TuneFlags
 from qwenvl.train.setup import apply_lora, freeze_for_full
 from qwenvl.train.trainer import parameter_groups
-from qwenvl.video import VideoSettings, frame_size, visual_token_count
+from qwenvl.video import VideoSettings, decode_video, frame_size, visual_token_count
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,36 @@ def test_optimizer_groups_carry_per_module_learning_rates(tiny_model_dir):
         id(p) for p in by_name["mlp_no_decay"]["params"]
     }
     assert torch.optim.AdamW(groups).param_groups[0]["lr"] in (1e-5, 1e-4, 2e-6)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        VideoSettings(),  # 160x96 frames grow to the 128 x 32x32-pixel minimum
+        VideoSettings(min_pixels=32 * 32, max_pixels=16 * 32 * 32),
+        VideoSettings(fps=15, min_frames=4, max_frames=32),  # every other frame
+    ],
+    ids=["default", "small", "half-rate"],
+)
+def test_lengths_from_the_stored_layout_equal_the_processors_count(
+    tiny_model_dir, training_dir, settings
+):
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    samples = load_samples([str(training_dir / "train.json")])
+    counter = TokenCounter(processor, settings)
+    real = []
+    for sample in samples:
+        frames, fps = decode_video(sample["video"], settings)
+        text = counter.chat_text(sample)
+        real.append(len(encode_clip(processor, frames, fps, text, settings)["input_ids"][0]))
+        assert counter.length(sample) == real[-1]  # from the record: frames, width, height
+        without = {k: v for k, v in sample.items() if k not in ("frames", "width", "height")}
+        assert counter.length(without) == real[-1]  # from the video's header
+    bounds = counter.bounds(samples)
+    assert (bounds >= real).all() and (bounds - real).max() < 1000  # bytes bound tokens
+    # A limit between the lengths: exactly the longer samples are left out, as before.
+    limit = sorted(real)[len(real) // 2]
+    dataset = SupervisedDataset(samples, processor, settings, max_length=limit)
+    assert dataset.skipped == sum(n > limit for n in real) > 0
+    assert len(dataset) == sum(n <= limit for n in real)
+    assert all(counter.length(s) <= limit for s in dataset.samples)

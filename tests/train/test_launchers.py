@@ -13,35 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, free_port, run_script
+from conftest import LORA_RUN, ROOT, free_port, launcher_env, run_script
 from safetensors.torch import load_file
 
 from qwenvl.train.resume import find_resume_checkpoint
 
-SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
-
-
-@pytest.fixture(scope="module")
-def four_samples(training_dir, tmp_path_factory) -> Path:
-    """A training JSON of 4 samples, with video paths valid from its own folder."""
-    samples = json.loads((training_dir / "train.json").read_text())[:4]
-    path = training_dir / "four.json"
-    path.write_text(json.dumps(samples))
-    return path
-
-
-def _env(model, data, out, **extra) -> dict:
-    return {
-        "MODEL_PATH": str(model),
-        "DATASETS": str(data),
-        "OUTPUT_DIR": str(out),
-        "DATALOADER_WORKERS": "0",
-        "LOGGING_STEPS": "1",
-        "GRAD_ACCUM": "1",
-        "MASTER_PORT": str(free_port()),
-        **SMALL_VIDEO,
-        **{k: str(v) for k, v in extra.items()},
-    }
+_env = launcher_env
 
 
 def _losses(output_dir: Path) -> list[float]:
@@ -173,15 +150,12 @@ def _adapter(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "adapter_model.safetensors")
 
 
-def test_sigkilled_lora_run_resumes_to_the_same_weights(tiny_model_dir, four_samples, tmp_path):
-    settings = dict(MAX_STEPS=8, BATCH_SIZE=2, LR="5e-3", SAVE_STEPS=2, SAVE_TOTAL_LIMIT=5, SEED=11)
-    reference = tmp_path / "reference"
-    run_script(
-        "./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, reference, **settings)
-    )
-
+def test_sigkilled_lora_run_resumes_to_the_same_weights(
+    tiny_model_dir, four_samples, lora_run, tmp_path
+):
+    reference = lora_run  # the same settings, never interrupted
     crashed = tmp_path / "crashed"
-    env = {**os.environ, **_env(tiny_model_dir, four_samples, crashed, **settings)}
+    env = {**os.environ, **_env(tiny_model_dir, four_samples, crashed, **LORA_RUN)}
     proc = subprocess.Popen(
         ["./train_physical_ai_lora.sh"],
         cwd=ROOT,
@@ -202,7 +176,7 @@ def test_sigkilled_lora_run_resumes_to_the_same_weights(tiny_model_dir, four_sam
     assert not (crashed / "adapter_model.safetensors").exists()  # killed before the end
 
     result = run_script(
-        "./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, crashed, **settings)
+        "./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, crashed, **LORA_RUN)
     )
     resumed_from = re.search(r"resuming from (\S+)", result.stderr + result.stdout)
     assert resumed_from
@@ -223,16 +197,13 @@ def test_sigkilled_lora_run_resumes_to_the_same_weights(tiny_model_dir, four_sam
         torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=0)
 
 
-def test_truncated_newest_checkpoint_is_skipped_and_resume_0_starts_fresh(
-    tiny_model_dir, four_samples, tmp_path, caplog
-):
-    settings = dict(MAX_STEPS=4, BATCH_SIZE=2, LR="5e-3", SAVE_STEPS=2, SEED=3)
+def test_truncated_newest_checkpoint_is_skipped(lora_run, tmp_path, caplog):
     out = tmp_path / "run"
-    run_script(
-        "./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, out, **settings)
-    )
-    assert find_resume_checkpoint(out) == out / "checkpoint-4"
-    weights = out / "checkpoint-4" / "adapter_model.safetensors"
+    shutil.copytree(lora_run, out)
+    assert find_resume_checkpoint(out) == out / "checkpoint-8"
+    for step in (6, 4):
+        shutil.rmtree(out / f"checkpoint-{step}")
+    weights = out / "checkpoint-8" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     assert find_resume_checkpoint(out) == out / "checkpoint-2"
     assert "skipping incomplete checkpoint" in caplog.text and "is truncated" in caplog.text
@@ -240,16 +211,28 @@ def test_truncated_newest_checkpoint_is_skipped_and_resume_0_starts_fresh(
     optimizer.write_bytes(optimizer.read_bytes()[:100])
     assert find_resume_checkpoint(out) is None
     shutil.rmtree(out / "checkpoint-2")
-    (out / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": ')
+    (out / "checkpoint-8" / "trainer_state.json").write_text('{"global_step": ')
     assert find_resume_checkpoint(out) is None
 
-    fresh = tmp_path / "fresh"
-    run_script(
-        "./train_physical_ai_lora.sh", env=_env(tiny_model_dir, four_samples, fresh, **settings)
-    )
-    result = run_script(
-        "./train_physical_ai_lora.sh",
-        env=_env(tiny_model_dir, four_samples, fresh, RESUME=0, **settings),
-    )
+
+def test_resume_0_starts_fresh_and_relative_paths_are_the_callers(
+    tiny_model_dir, four_samples, lora_run, tmp_path
+):
+    """From another folder, with relative paths: they name the caller's files (not the
+    project's), and RESUME=0 trains afresh beside complete checkpoints."""
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    shutil.copytree(lora_run, caller / "run")
+    shutil.copytree(tiny_model_dir, caller / "model")
+    shutil.copy(four_samples, caller / "four.json")
+    samples = json.loads(four_samples.read_text())
+    for sample in samples:  # the videos as seen from the copy's folder
+        sample["video"] = str(four_samples.parent / sample["video"])
+    (caller / "four.json").write_text(json.dumps(samples))
+    env = _env("model", "four.json", "run", RESUME=0, MAX_STEPS=2, BATCH_SIZE=2, SAVE_STEPS=2)
+    result = run_script(str(ROOT / "train_physical_ai_lora.sh"), env=env, cwd=caller)
     assert "resuming from" not in result.stderr + result.stdout
     assert "AUTO_RESUME" not in result.stdout and "RESUME             0" in result.stdout
+    state = json.loads((caller / "run" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2  # trained afresh, into the caller's run/
+    assert not (ROOT / "run").exists() and not (ROOT / "model").exists()
