@@ -8,6 +8,7 @@
 UV_LOCAL := $(CURDIR)/.tools/uv/bin/uv
 UV := $(shell command -v uv 2>/dev/null || echo $(UV_LOCAL))
 EXTRAS := --extra bench --extra dev --extra ray
+GPU_EXTRAS := --extra gpu --extra quant
 DEMO_DIR ?= demo_output
 
 .PHONY: demo test test-gpu sync uv lint clean-demo
@@ -25,8 +26,11 @@ demo: sync
 test: sync
 	"$(UV)" run --frozen --no-sync python -m pytest
 
-# On a CUDA machine: training, evaluation, merge and prediction on the GPU (skipped without CUDA).
-test-gpu: sync
+# On a CUDA machine: training (flash-attn, QLoRA), evaluation, merge and prediction on the GPU.
+# It keeps the GPU extras installed, and fails (not skips) where torch sees no GPU.
+test-gpu: uv
+	"$(UV)" sync --frozen --compile-bytecode $(EXTRAS) $(GPU_EXTRAS)
+	"$(UV)" run --frozen --no-sync python -m qwenvl.model --require-cuda
 	"$(UV)" run --frozen --no-sync python -m pytest tests/gpu -v
 
 lint: sync

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import shutil
 import sys
 from collections.abc import Callable
 
@@ -21,13 +22,20 @@ class DiskFull(UserError):
 _FULL_DISK_MESSAGES = ("No space left", "basic_ios::clear", "PytorchStreamWriter failed writing")
 
 
-def disk_full(err: BaseException) -> bool:
-    """Whether `err` is a write that failed for want of space (or quota)."""
+def disk_full(err: BaseException, where: str | None = None) -> bool:
+    """Whether `err` is a write that failed for want of space (or quota). torch.save may say
+    only that its file came out shorter than written ("unexpected pos"): with `where`, the
+    folder written to, a write error there with next to no space left counts as full."""
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    return isinstance(err, OSError | RuntimeError) and any(
-        text in str(err) for text in _FULL_DISK_MESSAGES
-    )
+    if not isinstance(err, OSError | RuntimeError):
+        return False
+    if any(text in str(err) for text in _FULL_DISK_MESSAGES):
+        return True
+    try:
+        return where is not None and shutil.disk_usage(where).free < 16 * 1024**2
+    except OSError:
+        return False
 
 
 def run_script(
@@ -40,17 +48,27 @@ def run_script(
     try:
         return run(parse_args(argv)) or 0
     except UserError as err:
+        _end_progress_bars()
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError) as err:
         if not disk_full(err):
             raise
+        _end_progress_bars()
         where = getattr(err, "filename", None) or "the output"
         print(f"error: {where}: no space left on device ({_first_line(err)})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars a failure left open, so the error is the last line (a bar
+    closed at exit would print itself after it)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def _first_line(err: BaseException) -> str:

@@ -11,6 +11,9 @@ import torch
 from transformers import Qwen3VLForConditionalGeneration
 
 logger = logging.getLogger(__name__)
+# The NVIDIA driver each CUDA major release needs (NVIDIA's CUDA Toolkit release notes, "CUDA
+# Toolkit and Corresponding Driver Versions"); torch's wheels name the CUDA they were built for.
+DRIVER_FOR_CUDA = {"13": "580", "12": "525", "11": "450"}
 
 
 def resolve_device(requested: str | None = None) -> torch.device:
@@ -97,7 +100,8 @@ def load_model(
     dtype = dtype or (torch.bfloat16 if runs_on.type == "cuda" else torch.float32)
     attn = attn_implementation or pick_attention(runs_on)
     device_map = {"": runs_on} if device is not None else None
-    if quantization is not None:
+    if quantization is not None and device is None:
+        # Training: the 4-bit weights go to this rank's GPU.
         device_map = {"": torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))}
     logger.info(
         "loading %s: dtype %s, attention %s, device %s%s",
@@ -115,3 +119,22 @@ def load_model(
         device_map=device_map,
         quantization_config=quantization,
     )
+
+
+def cuda_problem() -> str | None:
+    """Why torch cannot use a GPU here (with the CUDA it was built for), or None when it can."""
+    if torch.cuda.is_available():
+        return None
+    built = torch.version.cuda
+    if built is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    needs = DRIVER_FOR_CUDA.get(built.split(".")[0])
+    driver = f" (it needs an NVIDIA driver {needs} or newer)" if needs else ""
+    return f"torch {torch.__version__} sees no GPU; it was built for CUDA {built}{driver}"
+
+
+if __name__ == "__main__":  # make test-gpu: python -m qwenvl.model --require-cuda
+    import sys
+
+    problem = cuda_problem() if "--require-cuda" in sys.argv else None
+    sys.exit(f"error: make test-gpu needs a GPU: {problem}" if problem else 0)

@@ -4,8 +4,12 @@
 prep: seconds per 20 s source clip, ours (decode once) against reopen-and-seek per segment with
 OpenCV mp4v at full resolution, and the pure decode time as the floor. loader: training samples
 per second per DataLoader worker against qwen-vl-utils + processor in the main process. train:
-tokens/s and s/step of the tiny model (on CUDA: a Qwen3-VL-4B-shaped model with random weights,
-LoRA and full). generate: evaluation tokens/s, batched against one sample at a time.
+s/step and tokens/s with the label-only loss training uses, each configuration measured alone
+(LoRA, LoRA without peft's fp32 cast of its inputs, full; on CUDA with --model-config, a
+real-sized model per attention kernel and batch size, with MFU). generate: evaluation tokens/s,
+batched against one sample at a time, constrained against free, and constrained per KV cache
+(static, dynamic) and attention kernel. scale: the dataset steps and a rank's training start-up
+at N segments, against the row-by-row way.
 """
 
 from __future__ import annotations
@@ -282,10 +286,77 @@ def bench_loader(model_path: str, train_json: Path, repeats: int) -> dict:
     return result
 
 
-def bench_train(
-    model_path: str, train_json: Path, repeats: int, device: str | None, steps: int = 4
+def measure_training(
+    build, batch: dict, target, repeats: int, steps: int, input_casting: bool = True
 ) -> dict:
+    """Seconds per optimizer step of one configuration, as train.py trains it: its label-only
+    loss (qwenvl.train.trainer.label_only_loss), bf16 autocast on CUDA, AdamW over the trained
+    parameters. Measured alone: `build()` makes the model, and it and its optimizer are freed
+    before this returns, so the next configuration's peak memory is its own. `input_casting`
+    False runs LoRA without peft's fp32 cast of its inputs (peft.helpers.
+    disable_input_dtype_casting)."""
+    import contextlib
+    import gc
+
     import torch
+    from peft.helpers import disable_input_dtype_casting
+
+    from qwenvl.train.setup import parameter_counts
+    from qwenvl.train.trainer import label_only_loss
+
+    if target.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(target)
+    model = build()
+    model.train()
+    device_batch = {k: v.to(target) if hasattr(v, "to") else v for k, v in batch.items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step() -> None:
+        for _ in range(steps):
+            casting = (
+                contextlib.nullcontext() if input_casting else disable_input_dtype_casting(model)
+            )
+            with (
+                torch.autocast(target.type, torch.bfloat16, enabled=target.type == "cuda"),
+                casting,
+            ):
+                loss, _ = label_only_loss(model, device_batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if target.type == "cuda":
+            torch.cuda.synchronize()
+
+    try:
+        step()  # warm-up
+        seconds = best_time(step, repeats) / steps
+        tokens = int(device_batch["attention_mask"].sum())
+        result = {
+            "s_per_step": seconds,
+            "tokens_per_s": tokens / seconds,
+            "parameters": parameter_counts(model),
+        }
+        if target.type == "cuda":
+            result["peak_memory_gib"] = torch.cuda.max_memory_allocated(target) / 1024**3
+    except torch.cuda.OutOfMemoryError:
+        result = {"result": "out of memory"}
+    finally:
+        model = optimizer = device_batch = None  # the step's closure holds them otherwise
+        gc.collect()
+        if target.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def bench_train(
+    model_path: str,
+    train_json: Path,
+    repeats: int,
+    device: str | None,
+    steps: int = 4,
+    settings=None,
+) -> dict:
     from transformers import AutoProcessor
 
     from qwenvl.data.collator import VideoCollator
@@ -297,42 +368,31 @@ def bench_train(
     from qwenvl.video import VideoSettings
 
     target = resolve_device(device)
-
     processor = AutoProcessor.from_pretrained(model_path)
     dataset = SupervisedDataset(
-        load_samples([str(train_json)])[:8], processor, VideoSettings(), 32768
+        load_samples([str(train_json)])[:8], processor, settings or VideoSettings(), 32768
     )
     batch = VideoCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(2)])
-    results = {
-        "device": str(target),
-        "tokens_per_step": int(batch["attention_mask"].sum()),
-    }
-    for mode in ("lora", "full"):
-        # As train.py sets it up: bf16 weights on GPU, fp32 trained parameters, bf16 autocast.
-        model = load_model(model_path, device=target)
-        lora = LoraSettings() if mode == "lora" else None
-        model = setup_training(model, TuneFlags(False, True, True), lora, deepspeed=False)
+    batch.pop("skipped_samples", None)
+    results = {"device": str(target), "tokens_per_step": int(batch["attention_mask"].sum())}
+
+    def build(lora):
+        # As train.py sets it up: bf16 weights on GPU, fp32 trained parameters.
+        model = setup_training(
+            load_model(model_path, device=target), TuneFlags(False, True, True), lora, False
+        )
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-        model.train()
-        device_batch = {k: v.to(target) for k, v in batch.items()}
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-        autocast = torch.autocast(target.type, torch.bfloat16, enabled=target.type == "cuda")
+        return model
 
-        def step(model=model, optimizer=optimizer, device_batch=device_batch, autocast=autocast):
-            for _ in range(steps):
-                with autocast:
-                    loss = model(**device_batch).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-        step()  # warm-up
-        seconds = best_time(step, repeats) / steps
-        results[mode] = {
-            "s_per_step": seconds,
-            "tokens_per_s": results["tokens_per_step"] / seconds,
-        }
+    for mode, lora, casting in (
+        ("lora", LoraSettings(), True),
+        ("lora_without_input_casting", LoraSettings(), False),
+        ("full", None, True),
+    ):
+        results[mode] = measure_training(
+            lambda lora=lora: build(lora), batch, target, repeats, steps, casting
+        )
     return results
 
 
@@ -368,6 +428,7 @@ def bench_generate(
     with torch.inference_mode():
         model.generate(**single_inputs[0], max_new_tokens=2, cache_implementation="static")
         decoding = constrained_vs_free(loaded, batched_inputs, repeats)
+        decoding.update(cache_and_attention(loaded, model_path, batched_inputs, repeats))
         batched = best_time(lambda: model.generate(**batched_inputs, **kwargs), repeats)
         single = best_time(lambda: [model.generate(**i, **kwargs) for i in single_inputs], repeats)
         model.generation_config.min_new_tokens = new
@@ -392,9 +453,9 @@ def bench_generate(
     }
 
 
-def constrained_vs_free(loaded, inputs: dict, repeats: int) -> dict:
-    """Tokens/s of one batched generate() on the same clips, answers constrained to the grammar
-    (xgrammar masks every step) and free; each counts the tokens it generated up to <|im_end|>."""
+def decode_rate(loaded, inputs: dict, repeats: int, constrained: bool, cache: str) -> tuple:
+    """(tokens/s, tokens per answer) of one batched generate() on ready inputs, counting each
+    answer's tokens up to its <|im_end|>; `cache` is "static" or "dynamic" (the default)."""
     import torch
     from xgrammar.contrib.hf import LogitsProcessor
 
@@ -404,30 +465,58 @@ def constrained_vs_free(loaded, inputs: dict, repeats: int) -> dict:
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
     budget = answer_token_budget(tokenizer, loaded.answer_format, constrained=True)
     prompt = inputs["input_ids"].shape[1]
+    counted = []
+    extra = {"cache_implementation": "static"} if cache == "static" else {}
+
+    def run():
+        processors = [LogitsProcessor(loaded.answer_grammar)] if constrained else []
+        out = loaded.model.generate(
+            **inputs, max_new_tokens=budget, do_sample=False, logits_processor=processors, **extra
+        )[:, prompt:]
+        stops = out == stop
+        ends = torch.where(stops.any(dim=1), stops.int().argmax(dim=1) + 1, out.shape[1])
+        counted[:] = ends.tolist()
+
+    with torch.inference_mode():
+        run()  # warm-up: on CUDA a static cache compiles here
+        seconds = best_time(run, repeats)
+    return sum(counted) / seconds, sum(counted) / len(counted)
+
+
+def constrained_vs_free(loaded, inputs: dict, repeats: int) -> dict:
+    """Tokens/s of one batched generate() on the same clips, answers constrained to the grammar
+    (xgrammar masks every step) and free; each counts the tokens it generated up to <|im_end|>."""
     result = {}
     for mode in ("constrained", "free"):
-        counted = []
-
-        def run(mode=mode, counted=counted):
-            processors = [LogitsProcessor(loaded.answer_grammar)] if mode == "constrained" else []
-            out = loaded.model.generate(
-                **inputs,
-                max_new_tokens=budget,
-                do_sample=False,
-                cache_implementation="static",
-                logits_processor=processors,
-            )[:, prompt:]
-            stops = out == stop
-            ends = torch.where(stops.any(dim=1), stops.int().argmax(dim=1) + 1, out.shape[1])
-            counted[:] = ends.tolist()
-
-        seconds = best_time(run, repeats)
-        result[f"{mode}_tokens_per_s"] = sum(counted) / seconds
-        result[f"{mode}_tokens_per_answer"] = sum(counted) / len(counted)
+        rate, per_answer = decode_rate(loaded, inputs, repeats, mode == "constrained", "static")
+        result[f"{mode}_tokens_per_s"], result[f"{mode}_tokens_per_answer"] = rate, per_answer
     result["constrained_over_free_tokens_per_s"] = (
         result["constrained_tokens_per_s"] / result["free_tokens_per_s"]
     )
     return result
+
+
+def cache_and_attention(loaded, model_path: str, inputs: dict, repeats: int) -> dict:
+    """Constrained generation's tokens/s for each KV cache (static, as evaluation uses it, and
+    dynamic) and each attention kernel this machine runs (sdpa; flash-attn on CUDA where it
+    loads): on CUDA a static cache makes generate() compile, and flash-attn slices the whole
+    cache every step, so which is faster is a GPU measurement."""
+    from qwenvl.inference.load import LoadedModel
+    from qwenvl.model import load_model, pick_attention
+
+    device = loaded.model.device
+    kernels = ["sdpa"] + (["flash_attention_2"] if pick_attention(device) != "sdpa" else [])
+    rows = []
+    for kernel in kernels:
+        model = load_model(model_path, attn_implementation=kernel, device=device)
+        variant = LoadedModel(
+            model, loaded.processor, loaded.settings, loaded.answer_format, "full"
+        )
+        for cache in ("static", "dynamic"):
+            rate, _ = decode_rate(variant, inputs, repeats, True, cache)
+            rows.append({"attention": kernel, "cache": cache, "constrained_tokens_per_s": rate})
+        model = variant = None
+    return {"constrained_generation": rows}
 
 
 def bench_train_config(
@@ -452,7 +541,7 @@ def bench_train_config(
     )
     from qwenvl.train.compute import estimated_flops, peak_tflops
     from qwenvl.train.settings import LoraSettings, TuneFlags
-    from qwenvl.train.setup import parameter_counts, setup_training
+    from qwenvl.train.setup import setup_training
     from qwenvl.video import VideoSettings
 
     processor = AutoProcessor.from_pretrained(tokenizer_path)
@@ -485,10 +574,8 @@ def bench_train_config(
     for attention in attentions:
         for mode in ("lora", "full"):
             for batch_size in (1, 2, 4):
-                row = {"attention": attention, "mode": mode, "batch": batch_size}
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(target)
-                try:
+
+                def build(attention=attention, mode=mode):
                     model = Qwen3VLForConditionalGeneration._from_config(
                         config, dtype=torch.bfloat16, attn_implementation=attention
                     ).to(target)
@@ -496,34 +583,17 @@ def bench_train_config(
                     model = setup_training(model, TuneFlags(False, True, True), lora, False)
                     model.gradient_checkpointing_enable({"use_reentrant": False})
                     model.enable_input_require_grads()
-                    batch = collate([dataset[i % len(dataset)] for i in range(batch_size)])
-                    batch = {k: v.to(target) for k, v in batch.items()}
-                    trained = [p for p in model.parameters() if p.requires_grad]
-                    optimizer = torch.optim.AdamW(trained, lr=1e-5)
+                    return model
 
-                    def step(model=model, batch=batch, optimizer=optimizer):
-                        with torch.autocast("cuda", torch.bfloat16):
-                            loss = model(**batch).loss
-                        loss.backward()
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        torch.cuda.synchronize()
-
-                    step()  # warm-up
-                    seconds = best_time(step, repeats)
-                    tokens_per_step = int(batch["attention_mask"].sum())
-                    flops = estimated_flops(tokens_per_step, *parameter_counts(model))
-                    row.update(
-                        s_per_step=seconds,
-                        tokens_per_s=tokens_per_step / seconds,
-                        samples_per_s=batch_size / seconds,
-                        mfu=flops / seconds / (peak * 1e12) if peak else None,
-                        peak_memory_gib=torch.cuda.max_memory_allocated(target) / 1024**3,
-                    )
-                except torch.cuda.OutOfMemoryError:
-                    row["result"] = "out of memory"
-                finally:
-                    model = optimizer = batch = None
+                batch = collate([dataset[i % len(dataset)] for i in range(batch_size)])
+                batch.pop("skipped_samples", None)
+                row = {"attention": attention, "mode": mode, "batch": batch_size}
+                row.update(measure_training(build, batch, target, repeats, steps=1))
+                if "s_per_step" in row:
+                    tokens = int(batch["attention_mask"].sum())
+                    flops = estimated_flops(tokens, *row.pop("parameters"))
+                    row["samples_per_s"] = batch_size / row["s_per_step"]
+                    row["mfu"] = flops / row["s_per_step"] / (peak * 1e12) if peak else None
                 rows.append(row)
     result["steps"] = rows
     return result

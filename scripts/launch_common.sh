@@ -50,7 +50,7 @@ run_preflight() {  # $1 = lora or full; then the names of the settings to check
   local kind=$1 name assignments
   shift
   local settings=()
-  for name in "$@"; do settings+=("$name=${!name-}"); done
+  for name in "$@"; do [ -n "${!name+set}" ] && settings+=("$name=${!name}"); done
   assignments=$(env "${settings[@]}" "$PYTHON" -m qwenvl.train.preflight "$kind") || exit 2
   eval "$assignments"
 }

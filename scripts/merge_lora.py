@@ -40,10 +40,18 @@ def run(args: argparse.Namespace) -> int:
     check_apart(args.output_dir, {"--adapter-path": adapter, "its base model": base})
     check_output_dir(args.output_dir, args.overwrite_output)
     from qwenvl.inference.load import load_for_script
+    from qwenvl.train.settings import Tuning
 
     args.base_model = base
-    loaded = load_for_script(args, str(adapter))
+    loaded = load_for_script(args, str(adapter), quantized=False)
     print(f"{adapter}: {loaded.describe()}")
+    tuning = Tuning.load(adapter)
+    if tuning is not None and tuning.quantization:
+        print(
+            f"note: {adapter} is a QLoRA adapter, trained on a {tuning.quantization} base; it is "
+            "merged into the bf16 base (dequantized), so the merged model's answers can differ "
+            "slightly from those of the adapter on its 4-bit base"
+        )
     merged = loaded.model.merge_and_unload()
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         merged.save_pretrained(tmp)

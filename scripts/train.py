@@ -344,6 +344,8 @@ def run(parsed: tuple[ModelArguments, DataArguments, TrainingArguments]) -> int:
     inference_files = InferenceFiles(
         processor, settings, answer_format, prompt, tuning_of(model_args)
     )
+    pixel_dtype = torch.bfloat16 if training_args.bf16 else None
+    logger.info("video pixels cross the DataLoader in %s", pixel_dtype or torch.float32)
     logger.info(
         "video settings: %s; %s; %d training samples", settings, answer_format, len(train_set)
     )
@@ -352,10 +354,7 @@ def run(parsed: tuple[ModelArguments, DataArguments, TrainingArguments]) -> int:
         args=training_args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=VideoCollator(
-            processor.tokenizer.pad_token_id,
-            pixel_dtype=torch.bfloat16 if training_args.bf16 else None,
-        ),
+        data_collator=VideoCollator(processor.tokenizer.pad_token_id, pixel_dtype=pixel_dtype),
         callbacks=[
             SaveInferenceFiles(inference_files),
             LogOptimizerGroups(),

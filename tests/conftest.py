@@ -55,15 +55,20 @@ def run_script(
 _SCRIPTS: dict[str, object] = {}
 
 
-def script_main(name: str):
-    """A script's main(argv), run in this process: what the script does, without starting a
-    Python (each import of torch and transformers costs seconds) for checks that need none."""
+def script_module(name: str):
+    """scripts/<name>.py as a module of this process."""
     if name not in _SCRIPTS:
         spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         _SCRIPTS[name] = module
-    return _SCRIPTS[name].main
+    return _SCRIPTS[name]
+
+
+def script_main(name: str):
+    """A script's main(argv), run in this process: what the script does, without starting a
+    Python (each import of torch and transformers costs seconds) for checks that need none."""
+    return script_module(name).main
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -183,4 +188,27 @@ def lora_run(tiny_model_dir, four_samples, tmp_path_factory) -> Path:
         "./train_physical_ai_lora.sh",
         env=launcher_env(tiny_model_dir, four_samples, out, **LORA_RUN),
     )
+    return out
+
+
+@pytest.fixture(scope="session")
+def dirty_training(training_dir, tmp_path_factory) -> Path:
+    """A train.json of good samples and three that must not train: one whose mp4 holds 15 of
+    the 30 frames it claims (its header intact), one answer of 29 pairs, one negative fps."""
+    from qwenvl.standins.synthetic import encode_mp4
+    from qwenvl.video import decode_video
+
+    out = tmp_path_factory.mktemp("dirty")
+    samples = json.loads((training_dir / "train.json").read_text())[:7]
+    for sample in samples:
+        sample["video"] = str(training_dir / sample["video"])
+    half, short, negative = samples[4:7]
+    frames, _ = decode_video(half["video"])
+    (out / "half.mp4").write_bytes(encode_mp4(frames[:15], frames.shape[2], frames.shape[1]))
+    half.update(id="half-decodable", video=str(out / "half.mp4"))
+    answer = short["conversations"][1]["value"]
+    short["conversations"][1]["value"] = answer.rsplit(", (", 1)[0] + "]"
+    short["id"] = "29-pairs"
+    negative.update(id="negative-fps", fps=-30.0)
+    (out / "train.json").write_text(json.dumps(samples))
     return out

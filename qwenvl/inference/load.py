@@ -16,7 +16,8 @@ from qwenvl.answer import AnswerFormat
 from qwenvl.chat import PromptSettings
 from qwenvl.cli import UserError
 from qwenvl.files import first_stored
-from qwenvl.model import load_model, resolve_device, use_device
+from qwenvl.model import load_model, quantization_config, resolve_device, use_device
+from qwenvl.train.settings import Tuning
 from qwenvl.video import VideoSettings
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def load_for_inference(
     device: str | None = None,
     data_dir: str | Path | None = None,
     dtype: str = "auto",
+    quantized: bool = True,
 ) -> LoadedModel:
     """A LoRA adapter directory is applied on its base (or --base-model); anything else loads
     directly, onto `device` (default: CUDA when there is one, else the CPU).
@@ -72,6 +74,9 @@ def load_for_inference(
     Video settings, answer format and prompt come from the checkpoint, else from the base
     model, else (answer format) from `data_dir`, the dataset being evaluated; video settings
     then fall back to the VIDEO_* environment variables or the defaults (a base model has none).
+
+    A QLoRA adapter (tuning.json records its 4-bit base) is applied on its base quantized as in
+    training, which needs CUDA; with `quantized` False (merging) on the bf16 base instead.
     """
     target = resolve_device(device)
     use_device(target)
@@ -81,7 +86,10 @@ def load_for_inference(
         from peft import PeftModel
 
         base = base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        base_weights = load_model(base, device=target, dtype=DTYPES[dtype])
+        quantization = quantization_of(path, target) if quantized else None
+        base_weights = load_model(
+            base, device=target, dtype=DTYPES[dtype], quantization=quantization
+        )
         model = PeftModel.from_pretrained(base_weights, str(path))
         kind = "adapter"
     else:
@@ -101,7 +109,26 @@ def load_for_inference(
     return LoadedModel(model, processor, settings, answer_format, kind, prompt)
 
 
-def load_for_script(args, model_path: str, data_dir: str | Path | None = None) -> LoadedModel:
+def quantization_of(adapter: Path, device: torch.device):
+    """The bitsandbytes config a QLoRA adapter's base loads with, as in its training; None for
+    an adapter trained on a full-precision base. ValueError where it cannot load (not CUDA)."""
+    tuning = Tuning.load(adapter)
+    if tuning is None or not tuning.quantization:
+        return None
+    try:
+        if device.type != "cuda":
+            raise ValueError(f"that needs CUDA, not {device}")
+        return quantization_config(tuning.quantization)
+    except ValueError as err:
+        raise ValueError(
+            f"a QLoRA adapter, trained on a {tuning.quantization} base, runs on that base "
+            f"loaded the same way, and {err}"
+        ) from None
+
+
+def load_for_script(
+    args, model_path: str, data_dir: str | Path | None = None, quantized: bool = True
+) -> LoadedModel:
     """load_for_inference for a script (its --base-model and --device): a bad device or a model
     that cannot load is one line."""
     try:
@@ -110,7 +137,12 @@ def load_for_script(args, model_path: str, data_dir: str | Path | None = None) -
         raise UserError(f"--device: {err}") from None
     try:
         return load_for_inference(
-            model_path, args.base_model, args.device, data_dir, getattr(args, "dtype", "auto")
+            model_path,
+            args.base_model,
+            args.device,
+            data_dir,
+            getattr(args, "dtype", "auto"),
+            quantized,
         )
     except (OSError, ValueError) as err:
         raise UserError(f"{model_path}: cannot load ({str(err).splitlines()[0]})") from None

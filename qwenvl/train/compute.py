@@ -20,9 +20,23 @@ from qwenvl.train.setup import parameter_counts
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "compute.json"
-# Dense bf16 peak per GPU (vendor datasheets, no sparsity). MFU is left out for other devices;
-# PEAK_TFLOPS in the environment gives one.
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0}
+# Dense bf16 peak per GPU, TFLOP/s: NVIDIA's datasheets (H100, H200, A100, L40S) halve their
+# "with sparsity" figures. The names are torch.cuda.get_device_name()'s; the variants (PCIe, NVL)
+# are matched before their family, which names the SXM part. Other devices get no MFU unless
+# PEAK_TFLOPS gives their peak.
+PEAK_BF16_TFLOPS = (
+    ("NVIDIA H100 PCIe", 756.0),
+    ("NVIDIA H100 NVL", 835.0),
+    ("NVIDIA H100", 989.0),  # SXM5: "NVIDIA H100 80GB HBM3"
+    ("NVIDIA H200 NVL", 835.0),
+    ("NVIDIA H200", 989.0),  # SXM
+    ("NVIDIA GH200", 989.0),
+    ("NVIDIA H800 PCIe", 756.0),
+    ("NVIDIA H800", 989.0),
+    ("NVIDIA A100", 312.0),  # SXM4 and PCIe alike
+    ("NVIDIA A800", 312.0),
+    ("NVIDIA L40S", 362.0),
+)
 FLOPS_FORMULA = (
     "tokens x (4 x parameters + 2 x trained parameters): forward 2N and activation gradients 2N "
     "through the whole model, weight gradients 2N for trained weights only (6N for a full "
@@ -35,8 +49,8 @@ def peak_tflops(device_name: str, env_value: str | None) -> float | None:
     """The assumed bf16 peak of one device, from PEAK_TFLOPS or the table; None if unknown."""
     if env_value:
         return float(env_value)
-    for name, tflops in PEAK_BF16_TFLOPS.items():
-        if name in device_name:
+    for name, tflops in PEAK_BF16_TFLOPS:
+        if device_name == name or device_name.startswith((f"{name} ", f"{name}-")):
             return tflops
     return None
 

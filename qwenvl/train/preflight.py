@@ -29,9 +29,6 @@ from qwenvl.video import VideoSettings
 
 TRUE = ("1", "true", "True", "yes")
 FALSE = ("0", "false", "False", "no")
-# The driver each CUDA major release needs (NVIDIA's CUDA Toolkit release notes, "CUDA Toolkit
-# and Corresponding Driver Versions"); torch's wheels name the CUDA they were built for.
-DRIVER_FOR_CUDA = {"13": "580", "12": "525", "11": "450"}
 
 
 class SettingError(ValueError):
@@ -227,16 +224,14 @@ def gpu_layout(env: dict) -> int:
         return 0
     import torch
 
-    usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if usable:
-        return usable
-    built_for = torch.version.cuda
-    needs = DRIVER_FOR_CUDA.get((built_for or "").split(".")[0])
-    need = f", which needs an NVIDIA driver {needs} or newer" if needs else ""
+    from qwenvl.model import cuda_problem
+
+    problem = cuda_problem()
+    if problem is None:
+        return torch.cuda.device_count()
     raise SettingError(
-        f"nvidia-smi lists {listed} GPU(s) with driver {driver}, but torch {torch.__version__} "
-        f"cannot use them: it was built for CUDA {built_for}{need}; update the driver (or "
-        "install a torch built for this one)"
+        f"nvidia-smi lists {listed} GPU(s) with driver {driver}, but {problem}; update the "
+        "driver (or install a torch built for this one) rather than train on the CPU"
     )
 
 

@@ -4,6 +4,7 @@ masters of the trained weights, and count parameters."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 import torch
@@ -105,10 +106,19 @@ def setup_training(
     return model
 
 
+def full_size(param: torch.nn.Parameter) -> int:
+    """The weights a parameter stands for: under ZeRO-3 it holds only its shard (ds_numel is
+    its full size); a bitsandbytes 4-bit weight (Params4bit) packs two weights a byte (its
+    quant_state keeps the unpacked shape)."""
+    if hasattr(param, "ds_numel"):
+        return param.ds_numel
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else param.numel()
+
+
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(all, trained) parameters; under ZeRO-3 a parameter holds only its shard, and its
-    ds_numel is its full size."""
-    sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
+    """(all, trained) parameters, each at its full size (see full_size)."""
+    sizes = [(full_size(p), p.requires_grad) for p in model.parameters()]
     return sum(n for n, _ in sizes), sum(n for n, grad in sizes if grad)
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from qwenvl.cli import DiskFull, disk_full
 from qwenvl.data.collator import SKIPPED
 from qwenvl.data.dataset import IGNORE_INDEX
 from qwenvl.train.setup import component
+
+MASTERS = "fp32_masters.safetensors"  # in a checkpoint whose weights are saved in bf16
 
 _NO_DECAY = ("bias", "norm", "ln_", "layernorm")
 
@@ -94,27 +97,69 @@ class QwenVLTrainer(Trainer):
         (qwenvl.train.task_metrics), logged beside it."""
         metrics = super().evaluate(*args, **kwargs)
         if self.generation_metrics is not None:
-            task = self.generation_metrics(
-                self.model, self.args.process_index, self.args.world_size
-            )
+            # Under the trainer's autocast, as its forward runs: generate() calls the vision
+            # tower outside the prepared forward, where bf16 frozen weights would meet the fp32
+            # masters of the trained projector.
+            with self.accelerator.autocast():
+                task = self.generation_metrics(
+                    self.model, self.args.process_index, self.args.world_size
+                )
             if task:
                 self.log(task)
                 metrics.update(task)
         return metrics
 
+    def _saves_in_compute_dtype(self) -> bool:
+        """A full fine-tune in bf16 without DeepSpeed holds fp32 masters of what it trains: its
+        weights are saved in bf16, as DeepSpeed saves its 16-bit weights (half the disk, and
+        the dtype the model is loaded and run in)."""
+        from peft import PeftModel
+
+        model = self.accelerator.unwrap_model(self.model)
+        return self.args.bf16 and not self.is_deepspeed_enabled and not isinstance(model, PeftModel)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self._saves_in_compute_dtype():
+            state_dict = state_dict if state_dict is not None else self.model.state_dict()
+            state_dict = {
+                key: value.to(torch.bfloat16) if value.is_floating_point() else value
+                for key, value in state_dict.items()
+            }
+        super()._save(output_dir, state_dict)
+
     def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, and on a full disk one line naming it (a checkpoint left
-        half-written is never resumed from: qwenvl.train.resume checks every file)."""
+        """The Trainer's checkpoint (with the fp32 masters beside bf16 weights, for an exact
+        resume), and on a full disk one line naming it (a checkpoint left half-written is never
+        resumed from: qwenvl.train.resume checks every file)."""
+        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
         try:
             super()._save_checkpoint(model, trial)
+            if self._saves_in_compute_dtype() and self.args.should_save:
+                masters = {
+                    name: param.detach().float().contiguous()
+                    for name, param in self.accelerator.unwrap_model(model).named_parameters()
+                    if param.requires_grad
+                }
+                save_file(masters, str(folder / MASTERS))
         except (OSError, RuntimeError) as err:
-            if not disk_full(err):
+            if not disk_full(err, str(folder.parent)):
                 raise
-            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
             raise DiskFull(
                 f"{folder}: no space left on device while saving this checkpoint (it is "
                 "incomplete and will not be resumed from)"
             ) from None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """The Trainer's load, then the fp32 masters over the bf16 weights it loaded."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        masters = Path(resume_from_checkpoint) / MASTERS
+        if masters.is_file():
+            saved = load_file(str(masters))
+            target = self.accelerator.unwrap_model(model if model is not None else self.model)
+            with torch.no_grad():
+                for name, param in target.named_parameters():
+                    if name in saved:
+                        param.copy_(saved[name])
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:

@@ -182,3 +182,13 @@ def test_lengths_from_the_stored_layout_equal_the_processors_count(
     assert dataset.skipped == sum(n > limit for n in real) > 0
     assert len(dataset) == sum(n <= limit for n in real)
     assert all(counter.length(s) <= limit for s in dataset.samples)
+
+
+def test_video_pixels_cross_the_dataloader_in_the_training_dtype(dataset):
+    items = [dataset[0], dataset[1]]
+    pad = dataset.processor.tokenizer.pad_token_id
+    assert VideoCollator(pad)(items)["pixel_values_videos"].dtype == torch.float32
+    half = VideoCollator(pad, pixel_dtype=torch.bfloat16)(items)["pixel_values_videos"]
+    full = VideoCollator(pad)(items)["pixel_values_videos"]
+    assert half.dtype == torch.bfloat16 and half.element_size() * 2 == full.element_size()
+    torch.testing.assert_close(half.float(), full, atol=0.01, rtol=0.01)

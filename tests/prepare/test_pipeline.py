@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import run_script, script_module
 from datasets import load_from_disk
 
 from qwenvl.answer import AnswerFormat, AnswerParseError, format_pairs, parse_pairs
@@ -317,23 +317,10 @@ def test_download_fails_fast_without_a_token(tmp_path):
     assert result.returncode != 0 and "no Hugging Face token" in result.stderr
 
 
-def _benchmark_module():
-    """scripts/benchmark.py, which keeps the way the dataset steps worked before (row by row
-    into Python objects) as the reference its scale benchmark compares with."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", Path(__file__).parents[2] / "scripts" / "benchmark.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_dataset_steps_in_batches_give_what_row_by_row_gave(segments_dir, training_dir, tmp_path):
     from datasets import load_from_disk
 
-    benchmark = _benchmark_module()
+    benchmark = script_module("benchmark")
     hf = training_dir.parent / "hf"  # what the batched prepare_huggingface_dataset.py wrote
     benchmark.reference_dataset(segments_dir, tmp_path / "hf")
     ours, before = load_from_disk(str(hf)), load_from_disk(str(tmp_path / "hf"))

@@ -3,14 +3,23 @@ variable and exit status 2, with no torchrun traceback after it."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, free_port, run_script
 
 LORA = str(ROOT / "train_physical_ai_lora.sh")
+# The launchers' own settings, as the pre-flight gets them from the LoRA launcher.
+LORA_ENV = dict(
+    EPOCHS=5, BATCH_SIZE=4, GRAD_ACCUM=2, LR="2e-4", SAVE_STEPS=100, SAVE_TOTAL_LIMIT=3,
+    LOGGING_STEPS=1, MODEL_MAX_LENGTH=8192, DATALOADER_WORKERS=4, EVAL_GENERATE_SAMPLES=0,
+    SEED=42, MAX_STEPS=-1, NNODES=1, NODE_RANK=0, MASTER_ADDR="127.0.0.1",
+    TUNE_MM_VISION="False", TUNE_MM_MLP="True", TUNE_MM_LLM="True", RESUME="1",
+)  # fmt: skip
 FULL = str(ROOT / "train_physical_ai.sh")
 
 
@@ -81,3 +90,25 @@ def test_a_user_error_inside_training_ends_the_launcher_with_its_line(base_env):
     assert last.endswith("train.json: no training sample fits model_max_length")
     assert "ChildFailedError" not in result.stderr and "Traceback" not in result.stderr
     assert "failed (exitcode" not in result.stderr
+
+
+def test_cpu_threads_per_rank_and_a_gpu_torch_cannot_use(base_env, tmp_path):
+    from qwenvl.train.preflight import preflight
+
+    cores = os.cpu_count() or 1
+    env = {**base_env, **{k: str(v) for k, v in LORA_ENV.items()}}
+    assert preflight({**env, "NPROC_PER_NODE": "2"}, "lora")["OMP_NUM_THREADS"] == str(
+        max(1, cores // 2)
+    )
+    assert "OMP_NUM_THREADS" not in preflight({**env, "OMP_NUM_THREADS": "3"}, "lora")
+    # nvidia-smi lists a GPU that this torch cannot use (the driver is older than its CUDA).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 535.104.05\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    result, last = _launch(LORA, {**base_env, "PATH": path})
+    if torch.cuda.is_available():
+        return  # this machine's torch does see its GPU
+    assert result.returncode == 2 and "nvidia-smi lists 1 GPU(s) with driver 535.104.05" in last
+    assert f"built for CUDA {torch.version.cuda}" in last and "rather than train on the CPU" in last

@@ -15,8 +15,9 @@ from qwenvl.data.dataset import SupervisedDataset
 from qwenvl.data.samples import load_samples
 from qwenvl.model import load_model
 from qwenvl.standins.architectures import PUBLISHED_PARAMETERS, parameter_count, published_config
+from qwenvl.train.compute import peak_tflops
 from qwenvl.train.settings import LoraSettings, TuneFlags
-from qwenvl.train.setup import setup_training
+from qwenvl.train.setup import parameter_counts, setup_training
 from qwenvl.train.trainer import label_only_loss
 from qwenvl.video import VideoSettings
 
@@ -115,3 +116,78 @@ def test_benchmark_builds_a_real_sized_config_without_a_gpu(tmp_path):
     train = json.loads(out.read_text())["train"]
     assert train["model_config"] == "4b"
     assert train["parameters"] == pytest.approx(4.44e9, rel=0.01) and "CUDA" in train["note"]
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H100 NVL", 835.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA H200 NVL", 835.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA A100 80GB PCIe", 312.0),
+        ("NVIDIA L40S", 362.0),
+        ("NVIDIA H20", None),  # not an H200
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
+def test_peak_tflops_by_exact_product_name(name, peak):
+    assert peak_tflops(name, None) == peak
+    assert peak_tflops(name, "123.5") == 123.5  # PEAK_TFLOPS wins
+
+
+def test_a_4bit_weight_counts_at_its_full_size():
+    class Params4bit(torch.nn.Parameter):
+        """What bitsandbytes keeps: two 4-bit weights a byte, the real shape in quant_state."""
+
+    packed = Params4bit(torch.zeros(64 * 32 // 2, 1, dtype=torch.uint8), requires_grad=False)
+    packed.quant_state = type("QuantState", (), {"shape": torch.Size([64, 32])})()
+    model = torch.nn.Module()
+    model.weight = packed
+    model.lora = torch.nn.Parameter(torch.zeros(8, 32))
+    assert parameter_counts(model) == (64 * 32 + 8 * 32, 8 * 32)
+
+
+def test_the_training_benchmark_runs_the_label_only_loss_one_configuration_at_a_time(
+    tiny_model_dir, training_dir, monkeypatch
+):
+    import weakref
+
+    from conftest import script_module
+
+    import qwenvl.train.setup
+    import qwenvl.train.trainer
+
+    benchmark = script_module("benchmark")
+    losses, models = [], []
+    real_loss, real_setup = label_only_loss, qwenvl.train.setup.setup_training
+
+    def counted_loss(*args, **kwargs):
+        losses.append(1)
+        return real_loss(*args, **kwargs)
+
+    def tracked_setup(*args, **kwargs):
+        assert all(ref() is None for ref in models)  # the previous configuration is freed
+        model = real_setup(*args, **kwargs)
+        models.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(qwenvl.train.trainer, "label_only_loss", counted_loss)
+    monkeypatch.setattr(qwenvl.train.setup, "setup_training", tracked_setup)
+    small = VideoSettings(min_pixels=32 * 32, max_pixels=16 * 32 * 32)
+    result = benchmark.bench_train(
+        str(tiny_model_dir), training_dir / "train.json", 1, "cpu", steps=1, settings=small
+    )
+    assert len(models) == 3 and losses  # lora, lora without input casting, full
+    assert all(result[mode]["s_per_step"] > 0 for mode in ("lora", "full"))
+
+
+def test_the_loss_builds_no_kv_cache_in_evaluation(tiny_model_dir, training_dir):
+    model = load_model(str(tiny_model_dir))
+    model = setup_training(model, TuneFlags(False, True, True), None, deepspeed=False).eval()
+    batch = _padded_batch(tiny_model_dir, training_dir)
+    with torch.no_grad():
+        _, outputs = label_only_loss(model, batch)
+    assert model.config.text_config.use_cache and outputs.past_key_values is None
