@@ -133,9 +133,10 @@ def check_paths(env: dict) -> None:
     inputs = {"MODEL_PATH": model}
     for name in ("DATASETS", "EVAL_DATASETS"):
         for number, entry in enumerate(data_list(dataset_specs(env.get(name, "")))):
-            inputs[f"{name} ({entry['annotation_path']})" if number else name] = Path(
-                entry["annotation_path"]
-            ).parent
+            # The data's folder (its videos, the converter's output), named in full.
+            inputs[f"{name} ({entry['annotation_path']})" if number else name] = (
+                Path(entry["annotation_path"]).expanduser().absolute().parent
+            )
     try:
         check_apart(output, inputs)
     except UserError as err:

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script, script_module
+from conftest import run_script, script_main, script_module
 from datasets import load_from_disk
 
 from qwenvl.answer import AnswerFormat, AnswerParseError, format_pairs, parse_pairs
@@ -264,16 +264,14 @@ def test_nothing_produced_is_an_error_and_leaves_no_output(raw_dataset, tmp_path
     assert not (tmp_path / "seg").exists() and not list(tmp_path.glob(".seg*"))
 
 
-def test_existing_output_needs_overwrite(segments_dir, tmp_path):
-    result = run_script(
-        "scripts/prepare_huggingface_dataset.py",
-        "--segments-dir",
-        str(segments_dir),
-        "--output-dir",
-        str(segments_dir.parent),
-        check=False,
-    )
-    assert result.returncode == 2 and "--overwrite-output" in result.stderr
+def test_existing_output_needs_overwrite(segments_dir, tmp_path, capsys):
+    existing = tmp_path / "dataset"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine\n")
+    argv = ["--segments-dir", str(segments_dir), "--output-dir", str(existing)]
+    assert script_main("prepare_huggingface_dataset")(argv) == 2
+    assert "--overwrite-output" in capsys.readouterr().err
+    assert (existing / "notes.txt").read_text() == "mine\n"
 
 
 def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path):

@@ -72,6 +72,13 @@ def test_full_launcher_runs_deepspeed_zero3_on_two_cpu_ranks(
     tiny_model_dir, four_samples, tmp_path, config
 ):
     out = tmp_path / "full"
+    # With plain ZeRO-3 the run also logs task metrics: the ranks generate in step, each with
+    # its share of the weights (one evaluation, at its checkpoint).
+    metrics = (
+        {"EVAL_DATASETS": four_samples.parent / "val.json", "EVAL_GENERATE_SAMPLES": 2}
+        if config == "zero3.json"
+        else {}
+    )
     result = run_script(
         "./train_physical_ai.sh",
         env=_env(
@@ -84,6 +91,7 @@ def test_full_launcher_runs_deepspeed_zero3_on_two_cpu_ranks(
             SAVE_STEPS=2,
             DEEPSPEED_CONFIG=config,
             MM_PROJECTOR_LR="1e-4",
+            **metrics,
         ),
     )
     assert f"DEEPSPEED_CONFIG   {config}" in result.stdout
@@ -93,6 +101,8 @@ def test_full_launcher_runs_deepspeed_zero3_on_two_cpu_ranks(
     assert "vision" not in log.split("groups: ")[1].splitlines()[0]  # frozen: no group
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+    logged = {key for entry in state["log_history"] for key in entry}
+    assert ("eval_ade" in logged) == bool(metrics) and ("eval_fde" in logged) == bool(metrics)
     assert list((out / "checkpoint-2").glob("global_step2/*optim_states.pt"))  # ZeRO shards
     model = _load_full(out)
     base = _load_full(tiny_model_dir)
@@ -224,15 +234,17 @@ def test_resume_0_starts_fresh_and_relative_paths_are_the_callers(
     caller.mkdir()
     shutil.copytree(lora_run, caller / "run")
     shutil.copytree(tiny_model_dir, caller / "model")
-    shutil.copy(four_samples, caller / "four.json")
+    (caller / "data").mkdir()  # the data's folder is an input: the run lies beside it
     samples = json.loads(four_samples.read_text())
     for sample in samples:  # the videos as seen from the copy's folder
         sample["video"] = str(four_samples.parent / sample["video"])
-    (caller / "four.json").write_text(json.dumps(samples))
-    env = _env("model", "four.json", "run", RESUME=0, MAX_STEPS=2, BATCH_SIZE=2, SAVE_STEPS=2)
+    (caller / "data" / "four.json").write_text(json.dumps(samples))
+    env = _env("model", "data/four.json", "run", RESUME=0, MAX_STEPS=2, BATCH_SIZE=2, SAVE_STEPS=2)
+    started = time.time()
     result = run_script(str(ROOT / "train_physical_ai_lora.sh"), env=env, cwd=caller)
     assert "resuming from" not in result.stderr + result.stdout
     assert "AUTO_RESUME" not in result.stdout and "RESUME             0" in result.stdout
-    state = json.loads((caller / "run" / "trainer_state.json").read_text())
-    assert state["global_step"] == 2  # trained afresh, into the caller's run/
+    written = caller / "run" / "checkpoint-2" / "trainer_state.json"
+    assert written.stat().st_mtime >= started  # trained afresh, into the caller's run/
+    assert json.loads(written.read_text())["global_step"] == 2
     assert not (ROOT / "run").exists() and not (ROOT / "model").exists()
