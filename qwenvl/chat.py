@@ -30,14 +30,62 @@ INSTRUCTION = (
 
 @dataclass(frozen=True)
 class PromptSettings(StoredSettings):
-    """What the user turn says beside the video."""
+    """What the user turn says beside the video: the instruction and, when the dataset asks for
+    one (--ego-history), the car's motion over the past seconds."""
 
     FILE: ClassVar[str] = "prompt.json"
     instruction: str = INSTRUCTION
+    ego_history_seconds: float = 0.0
+    """Seconds of ego history in the prompt (0: the video alone, the seed guide's task)."""
+    history_hz: float = 10.0
+    """Its rate: (speed, curvature) pairs per second."""
 
-    def user_text(self) -> str:
-        """The user turn's text (the video comes before it)."""
-        return self.instruction
+    def __post_init__(self) -> None:
+        if not self.ego_history_seconds >= 0 or not self.history_hz > 0:
+            raise ValueError(
+                f"ego history of {self.ego_history_seconds} s at {self.history_hz} Hz: need "
+                "seconds >= 0 and a positive rate"
+            )
+        if self.ego_history_seconds and not self.history_pairs:
+            raise ValueError(f"{self.ego_history_seconds} s at {self.history_hz} Hz is no pair")
+
+    @property
+    def history_pairs(self) -> int:
+        """Pairs of ego history each prompt holds (0 without)."""
+        return round(self.ego_history_seconds * self.history_hz)
+
+    def user_texts(
+        self,
+        count: int,
+        speed: np.ndarray | None = None,
+        curvature: np.ndarray | None = None,
+        fmt: AnswerFormat | None = None,
+    ) -> pa.Array:
+        """The user turns' texts (the video comes before each) of `count` clips; with an ego
+        history, `speed` and `curvature` (count, history_pairs) hold it, oldest first, written
+        in the answer format's decimals."""
+        if not self.history_pairs:
+            return pa.array([self.instruction] * count, pa.string())
+        speed, curvature = np.asarray(speed, np.float64), np.asarray(curvature, np.float64)
+        if speed.shape != (count, self.history_pairs) or curvature.shape != speed.shape:
+            raise ValueError(
+                f"the prompt holds {self.history_pairs} pairs of ego history "
+                f"({self.ego_history_seconds:g} s at {self.history_hz:g} Hz), not "
+                f"{speed.shape[-1] if speed.ndim == 2 else 'these'}"
+            )
+        pairs = (fmt or AnswerFormat()).format_many(speed, curvature)
+        lead = (
+            f"{self.instruction} The ego motion of the past {self.ego_history_seconds:g} s at "
+            f"{self.history_hz:g} Hz, oldest first, the last one now: "
+        )
+        return pc.binary_join_element_wise(lead, pairs, "")
+
+    def user_text(self, history=None, fmt: AnswerFormat | None = None) -> str:
+        """The user turn's text of one clip; `history` its (history_pairs, 2) ego history."""
+        if history is None:
+            return self.user_texts(1, fmt=fmt)[0].as_py()
+        pairs = np.asarray(history, np.float64).reshape(1, -1, 2)
+        return self.user_texts(1, pairs[..., 0], pairs[..., 1], fmt)[0].as_py()
 
 
 def prompt_mismatch(model: PromptSettings | None, data: PromptSettings | None) -> str | None:
@@ -68,7 +116,7 @@ ROW_SCHEMA = pa.schema(
         *record.arrow_fields(record.VIDEO),
         ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.list_(_ITEM))]))),
         ("answer", pa.string()),
-        *record.arrow_fields(record.LABELS),
+        *record.arrow_fields(record.LABELS + record.HISTORY),
     ]
 )
 # A training sample: the seed guide's {"id", "video", "conversations"} and the record.
@@ -78,7 +126,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("video", pa.string()),
         *record.arrow_fields(record.VIDEO),
         ("conversations", pa.list_(_TURN)),
-        *record.arrow_fields(record.IDENTITY + record.LABELS),
+        *record.arrow_fields(record.IDENTITY + record.LABELS + record.HISTORY),
     ]
 )
 
@@ -110,7 +158,12 @@ def dataset_table(
     answers = fmt.format_many(
         _label_matrix(records, "future_speed"), _label_matrix(records, "future_curvature")
     )
-    users = pa.array([prompt.user_text()] * n, pa.string())
+    history = (
+        (_label_matrix(records, "history_speed"), _label_matrix(records, "history_curvature"))
+        if prompt.history_pairs
+        else (None, None)
+    )
+    users = prompt.user_texts(n, *history, fmt)
     nulls = pa.nulls(n, pa.string())
     fps = records["fps"].combine_chunks()
     items = pa.StructArray.from_arrays(

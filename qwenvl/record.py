@@ -3,7 +3,8 @@ the dataset rows and the training samples to evaluation (who it is, how its vide
 labels). Every stage copies them with `carried`, never field by field.
 
 To add a field: declare it here, write it where segments are made (prepare/writer.py), and it
-reaches every later stage by itself.
+reaches every later stage by itself. The ego history is the exception: the dataset step adds it
+(prepare/hf_dataset.py), since how much of it there is, is that step's choice.
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ LABELS = (
     Field("observed_speed", list, "forward speed (m/s) at the segment's own 30 frames"),
     Field("observed_curvature", list, "curvature (1/m, + = left) at the segment's own frames"),
 )
-FIELDS = IDENTITY + VIDEO + LABELS
+HISTORY = (
+    Field("history_speed", list, "ego history: forward speed (m/s), oldest first (or none)"),
+    Field("history_curvature", list, "ego history: curvature (1/m), oldest first (or none)"),
+)
+SEGMENT = IDENTITY + VIDEO + LABELS  # what segmenting writes to the manifest
+FIELDS = SEGMENT + HISTORY  # what the dataset rows and training samples carry
 
 
 _ARROW_TYPES = {

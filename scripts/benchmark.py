@@ -780,11 +780,14 @@ def reference_row(row, video: str) -> dict:
         ],
         "answer": answer,
         **{name: [float(v) for v in row[name]] for name in labels},
+        "history_speed": [],
+        "history_curvature": [],
     }
 
 
 def reference_dataset(segments_dir: Path, output_dir: Path) -> None:
     """The DatasetDict the way before: every manifest row a Python dict, then from_list."""
+    import datasets
     import pandas as pd
     from datasets import Dataset, DatasetDict
 
@@ -795,9 +798,16 @@ def reference_dataset(segments_dir: Path, output_dir: Path) -> None:
     for _, row in manifest.iterrows():
         video = str((segments_dir / row["video"]).resolve())
         rows[OFFICIAL_SPLITS[row["split"]]].append(reference_row(row, video))
-    DatasetDict({name: Dataset.from_list(r) for name, r in rows.items() if r}).save_to_disk(
-        str(output_dir)
-    )
+    # The history columns are empty lists here (no --ego-history): typed as ours are.
+    floats = datasets.List(datasets.Value("float64"))
+
+    def table(r):
+        found = Dataset.from_list(r)
+        for name in ("history_speed", "history_curvature"):
+            found = found.cast_column(name, floats)
+        return found
+
+    DatasetDict({name: table(r) for name, r in rows.items() if r}).save_to_disk(str(output_dir))
 
 
 def reference_convert(input_dir: Path, output_dir: Path) -> None:
@@ -824,6 +834,8 @@ def reference_convert(input_dir: Path, output_dir: Path) -> None:
                     **{k: row[k] for k in ("clip_id", "segment_index", "future_speed")},
                     **{k: row[k] for k in ("future_curvature", "observed_speed")},
                     "observed_curvature": row["observed_curvature"],
+                    "history_speed": row["history_speed"],
+                    "history_curvature": row["history_curvature"],
                 }
             )
         (output_dir / filename).write_text(json.dumps(samples, indent=1) + "\n")

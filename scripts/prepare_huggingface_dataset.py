@@ -5,6 +5,9 @@ The split is the dataset's official one by default (the clip index's `split`, or
 splits/<name>.parquet with --split-name); --split by-clip draws a seeded split by clip for data
 without one. Each row holds a chat `messages` list (user: the video with its fps and the
 prompt; assistant: the answer text) plus the numeric labels used by evaluation and baselines.
+With --ego-history, each prompt also holds the car's past (speed, curvature), read from its
+clip's egomotion up to the segment's last frame; a segment without that much egomotion before
+it is left out and named in dropped_for_history.json.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from qwenvl.chat import PromptSettings
 from qwenvl.cli import UserError, run_script
 from qwenvl.files import atomic_output_dir, atomic_write_text, check_apart, check_output_dir
 from qwenvl.prepare.hf_dataset import build_dataset
-from qwenvl.prepare.rawdata import read_split_labels
+from qwenvl.prepare.rawdata import DEFAULT_CAMERA, RawDataset, read_split_labels
 from qwenvl.prepare.splits import official_assignment, split_clips
 from qwenvl.prepare.writer import MANIFEST, SOURCE
+
+DROPPED_FOR_HISTORY = "dropped_for_history.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,6 +80,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="decimals of curvature in the answer (default: %(default)s)",
     )
     parser.add_argument(
+        "--ego-history",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="write the car's past (speed, curvature) of this many seconds into each prompt, "
+        "from its clip's egomotion up to the segment's last frame (default: 0, the video alone)",
+    )
+    parser.add_argument(
+        "--history-hz",
+        type=float,
+        default=10.0,
+        help="pairs per second of the ego history (default: %(default)s)",
+    )
+    parser.add_argument(
         "--overwrite-output", action="store_true", help="replace an existing output directory"
     )
     args = parser.parse_args(argv)
@@ -85,6 +104,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.split_name and args.split != "official":
         parser.error("--split-name picks an official split: drop --split by-clip")
     return args
+
+
+def raw_dataset(args: argparse.Namespace) -> RawDataset:
+    """The dataset the segments were cut from (their clips' egomotion holds the history)."""
+    root = data_dir(args)
+    source = Path(args.segments_dir) / SOURCE
+    if root is None or not Path(root).is_dir():
+        raise UserError(
+            f"{args.segments_dir}: --ego-history reads the clips' egomotion, and the dataset "
+            f"they were cut from is not there ({root}); pass --data-dir"
+        )
+    camera = json.loads(source.read_text())["camera"] if source.is_file() else DEFAULT_CAMERA
+    return RawDataset(Path(root), camera)
 
 
 def data_dir(args: argparse.Namespace) -> str | None:
@@ -146,12 +178,20 @@ def run(args: argparse.Namespace) -> int:
         manifest_path, columns=[c for c in ("clip_id", "split") if c in present]
     )
     assignment, described = clip_assignment(args, clips)
-    prompt = PromptSettings()
+    try:
+        prompt = PromptSettings(ego_history_seconds=args.ego_history, history_hz=args.history_hz)
+    except ValueError as err:
+        raise UserError(f"--ego-history / --history-hz: {err}") from None
+    raw = raw_dataset(args) if prompt.history_pairs else None
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         with tqdm(total=len(clips), desc="building splits", unit="segment") as bar:
-            counts = build_dataset(
-                manifest_path, segments_dir, assignment, prompt, answer_format, tmp, bar.update
-            )
+            counts, dropped = build_dataset(
+                manifest_path, segments_dir, assignment, prompt, answer_format, tmp, bar.update,
+                raw=raw,
+            )  # fmt: skip
+        if dropped:
+            text = json.dumps(dropped, indent=2, sort_keys=True) + "\n"
+            atomic_write_text(tmp / DROPPED_FOR_HISTORY, text)
         answer_format.save(tmp)
         prompt.save(tmp)
         # The segments the rows point at: inputs of the next step too.
@@ -162,6 +202,12 @@ def run(args: argparse.Namespace) -> int:
         for name, (clip_count, segment_count) in counts.items()
     )
     print(f"split: {described}; {summary} -> {args.output_dir}")
+    if dropped:
+        first = next(iter(dropped.items()))
+        print(
+            f"{len(dropped)} segments without {args.ego_history:g} s of egomotion before them are "
+            f"left out ({DROPPED_FOR_HISTORY}; the first, {first[0]}: {first[1]})"
+        )
     return 0
 
 

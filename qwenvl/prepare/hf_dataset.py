@@ -1,6 +1,7 @@
 """The Hugging Face dataset of a segment manifest: one chat row per segment, grouped by split,
 built batch by batch from the manifest's columns, so memory holds one batch whatever the size
-of the dataset."""
+of the dataset; with an ego history in the prompt, each segment's read from its clip's
+egomotion."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from qwenvl import record
 from qwenvl.answer import AnswerFormat
 from qwenvl.chat import ROW_SCHEMA, PromptSettings, dataset_table
 from qwenvl.files import missing_files
+from qwenvl.prepare.labels import MotionInterpolator, ego_history
+from qwenvl.prepare.rawdata import MissingClipData, RawDataset
 from qwenvl.prepare.splits import SPLITS
 
 FEATURES = Features.from_arrow_schema(ROW_SCHEMA)
@@ -38,6 +41,55 @@ def _describe_shard(split_dir: Path) -> None:
             shutil.copyfile(Path(empty) / name, split_dir / name)
 
 
+class HistoryReader:
+    """The ego history of each segment, from its clip's egomotion in the raw dataset (read once
+    per clip, the clips coming in the manifest's order)."""
+
+    def __init__(self, raw: RawDataset, prompt: PromptSettings) -> None:
+        self.raw, self.prompt = raw, prompt
+        self._clip: tuple[str, MotionInterpolator | str] | None = None
+
+    def history(self, clip_id: str, chunk: int, last_frame_us: int) -> np.ndarray:
+        """(history_pairs, 2) of one segment; ValueError saying why there is none."""
+        if self._clip is None or self._clip[0] != clip_id:
+            try:
+                self._clip = (clip_id, MotionInterpolator(self.raw.egomotion(clip_id, chunk)))
+            except (MissingClipData, KeyError, ValueError) as err:
+                self._clip = (clip_id, f"its clip's egomotion cannot be read ({err})")
+        motion = self._clip[1]
+        if isinstance(motion, str):
+            raise ValueError(motion)
+        prompt = self.prompt
+        return ego_history(motion, last_frame_us, prompt.ego_history_seconds, prompt.history_hz)
+
+    def add(self, table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
+        """The table with its history columns, less the segments that have none (id -> why)."""
+        kept, speed, curvature, dropped = [], [], [], {}
+        columns = ("clip_id", "chunk", "segment_index", "frame_timestamps_us")
+        for number, (clip, chunk, index, stamps) in enumerate(
+            zip(*(table[c].to_pylist() for c in columns), strict=True)
+        ):
+            try:
+                pairs = self.history(clip, chunk, stamps[-1])
+            except ValueError as err:
+                dropped[record.segment_id(clip, index)] = str(err)
+                continue
+            kept.append(number)
+            speed.append(pairs[:, 0].tolist())
+            curvature.append(pairs[:, 1].tolist())
+        table = table.take(pa.array(kept, pa.int64()))
+        return _with_history(table, speed, curvature), dropped
+
+
+def _with_history(table: pa.Table, speed: list | None = None, curvature: list | None = None):
+    """The table with its history columns: the lists given, or empty ones (no history)."""
+    speed = speed if speed is not None else [[]] * table.num_rows
+    curvature = curvature if curvature is not None else [[]] * table.num_rows
+    kind = pa.list_(pa.float64())
+    table = table.append_column("history_speed", pa.array(speed, kind))
+    return table.append_column("history_curvature", pa.array(curvature, kind))
+
+
 def build_dataset(
     manifest: Path,
     segments_dir: Path,
@@ -47,24 +99,36 @@ def build_dataset(
     output_dir: Path,
     progress: Callable[[int], None] = lambda rows: None,
     batch_size: int = 4096,
-) -> dict[str, tuple[int, int]]:
+    raw: RawDataset | None = None,
+) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
     """Write the DatasetDict (train / validation / test by `assignment`, clip_id -> split) to
-    `output_dir`; video paths are absolute so it can be read from anywhere. Returns, per split,
-    (clips, segments)."""
+    `output_dir`; video paths are absolute so it can be read from anywhere. With an ego history
+    in the prompt, each segment's comes from `raw`, its clip's egomotion. Returns, per split,
+    (clips, segments), and the segments dropped for want of history (id -> why)."""
     root = str(segments_dir.resolve())
     writers = {}
     for name in SPLITS:
         (output_dir / name).mkdir(parents=True)
         writers[name] = ArrowWriter(features=FEATURES, path=str(output_dir / name / SHARD))
     clips: dict[str, set] = {name: set() for name in SPLITS}
-    missing, listings = 0, {}
-    wanted = pa.schema([*record.arrow_fields(record.FIELDS), ("video", pa.string())])
+    missing, listings, dropped = 0, {}, {}
+    reader = HistoryReader(raw, prompt) if prompt.history_pairs else None
+    extra = ["chunk", "frame_timestamps_us"] if reader else []
+    wanted = pa.schema(
+        [*record.arrow_fields(record.SEGMENT), ("video", pa.string())]
+        + [(name, pa.int64() if name == "chunk" else pa.list_(pa.int64())) for name in extra]
+    )
     for batch in pq.ParquetFile(manifest).iter_batches(batch_size=batch_size, columns=wanted.names):
         # As the record declares them (pandas writes strings as large_string, say).
         table = pa.Table.from_batches([batch]).select(wanted.names).cast(wanted)
+        if reader is None:
+            table = _with_history(table)
+        else:
+            table, lost = reader.add(table)
+            dropped.update(lost)
         split_of = np.array([assignment[clip] for clip in table["clip_id"].to_pylist()])
         for name in SPLITS:
-            part = table.filter(pa.array(split_of == name))
+            part = table.filter(pa.array(split_of == name, pa.bool_()))
             if not part.num_rows:
                 continue
             videos = pc.binary_join_element_wise(root, part["video"], "/")
@@ -83,4 +147,4 @@ def build_dataset(
             f"warning: {missing} segment videos of the manifest are missing (training and "
             "evaluation leave them out)"
         )
-    return {name: (len(clips[name]), counts[name]) for name in SPLITS}
+    return {name: (len(clips[name]), counts[name]) for name in SPLITS}, dropped

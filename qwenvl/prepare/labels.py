@@ -81,6 +81,33 @@ class MotionInterpolator:
         return np.stack([body_velocity[:, 0], state.curvature[:, 0]], axis=-1)
 
 
+def history_times(last_frame_us: int, seconds: float, hz: float) -> np.ndarray:
+    """The times of an ego history: round(seconds * hz) of them, 1/hz apart, oldest first, the
+    last at the segment's last frame (1 s at 10 Hz: t - 0.9 s, ..., t - 0.1 s, t)."""
+    count = round(seconds * hz)
+    steps = np.arange(count - 1, -1, -1)
+    return last_frame_us - np.round(steps * 1e6 / hz).astype(np.int64)
+
+
+def ego_history(
+    motion: MotionInterpolator, last_frame_us: int, seconds: float, hz: float
+) -> np.ndarray:
+    """(N, 2) (forward speed, curvature) of the ego history ending at the last observed frame,
+    from egomotion at or before it only: a history time past the last egomotion row at or
+    before that frame takes that row's values, and interpolation at a row uses that row alone,
+    so no egomotion after the frame enters a prompt. ValueError when the egomotion does not
+    reach back far enough."""
+    times = history_times(last_frame_us, seconds, hz)
+    rows = motion.timestamps[motion.timestamps <= last_frame_us]
+    if not len(rows) or times[0] < rows[0]:
+        start = f"{rows[0] / 1e6:.2f} s" if len(rows) else "after it"
+        raise ValueError(
+            f"no {seconds:g} s of egomotion before the segment's last frame (it starts at "
+            f"{start}, the history at {times[0] / 1e6:.2f} s)"
+        )
+    return motion(np.minimum(times, rows[-1]))
+
+
 class ClipError(ValueError):
     """A clip that cannot be segmented; str() is the cause."""
 

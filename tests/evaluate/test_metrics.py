@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qwenvl.evaluate.baselines import baseline_predictions
+from qwenvl.evaluate.baselines import accel_and_curvature_rate, baseline_predictions
 from qwenvl.evaluate.metrics import error_metrics, speed_bucket, turn_bucket
 from qwenvl.evaluate.predictions import prediction_record
 from qwenvl.evaluate.report import score
@@ -106,3 +106,24 @@ def test_parse_failures_are_counted_and_excluded_not_defaulted():
     }
     assert metrics["model"]["all"]["n"] == 1 and metrics["model"]["all"]["ade_m"] == 0.0
     assert metrics["baselines"]["hold_last"]["all"]["n"] == 4
+
+
+def test_the_kinematic_baseline_carries_the_last_half_second_on():
+    t = np.arange(-29, 1) / 30  # the observed frames, the last at 0
+    ahead = np.arange(1, 31) / 30
+    # Constant acceleration and curvature rate: the next second is their line, exactly.
+    observed = np.stack([6.0 + 1.5 * t, 0.01 - 0.02 * t], axis=-1)[None]
+    predicted = accel_and_curvature_rate(observed)[0]
+    np.testing.assert_allclose(predicted[:, 0], 6.0 + 1.5 * ahead, atol=1e-12)
+    np.testing.assert_allclose(predicted[:, 1], 0.01 - 0.02 * ahead, atol=1e-12)
+    # Only the last half second counts: a change of trend before it is not extrapolated.
+    bent = np.stack([np.where(t < -0.5, 0.0, 6.0 + 1.5 * t), np.zeros(30)], axis=-1)[None]
+    np.testing.assert_allclose(accel_and_curvature_rate(bent)[0, :, 0], 6.0 + 1.5 * ahead)
+    # Braking to a stop: the speed stops at zero, it does not turn into reversing; and a car
+    # reversing that slows down stops too, without driving forward.
+    braking = np.stack([0.5 - 3.0 * t, np.zeros(30)], axis=-1)[None]
+    speed = accel_and_curvature_rate(braking)[0, :, 0]
+    np.testing.assert_allclose(speed, np.maximum(0.5 - 3.0 * ahead, 0.0), atol=1e-12)
+    assert speed.min() == 0.0 and speed[:4].min() > 0
+    reversing = np.stack([-0.5 + 3.0 * t, np.zeros(30)], axis=-1)[None]
+    assert accel_and_curvature_rate(reversing)[0, :, 0].max() == 0.0

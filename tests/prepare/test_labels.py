@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qwenvl.prepare.labels import ClipError, make_segments, segment_starts, yaw_from_quaternion
+from qwenvl.prepare.labels import (
+    ClipError,
+    MotionInterpolator,
+    ego_history,
+    history_times,
+    make_segments,
+    segment_starts,
+    yaw_from_quaternion,
+)
 from qwenvl.standins.synthetic import MotionProfile, constant_profile, make_clip
 
 
@@ -126,3 +134,43 @@ def test_bad_timestamps_raise_clip_errors():
         make_segments(t[::-1], clip.egomotion)
     with pytest.raises(ClipError, match="shorter than 2 s"):
         make_segments(t[:50], clip.egomotion)
+
+
+def test_ego_history_is_the_past_at_its_rate_oldest_first_up_to_the_last_frame():
+    # Constant acceleration and constant curvature: speed 4 + 2t m/s, curvature 0.02 1/m.
+    profile = MotionProfile(
+        speed=lambda t: 4.0 + 2.0 * np.asarray(t, dtype=np.float64),
+        curvature=lambda t: np.full(np.shape(t), 0.02),
+    )
+    clip, segments = _segments(profile, seconds=5)
+    motion = MotionInterpolator(clip.egomotion)
+    seg = segments[2]
+    last = int(seg.frame_timestamps_us[-1])
+    times = history_times(last, 1.0, 10.0)
+    assert times.tolist() == [last - k * 100_000 for k in range(9, -1, -1)]  # oldest first
+    history = ego_history(motion, last, 1.0, 10.0)
+    # The last point takes the last egomotion row at or before the frame (none after it).
+    rows = clip.egomotion["timestamp"].to_numpy()
+    used = np.minimum(times, rows[rows <= last][-1]) / 1e6
+    np.testing.assert_allclose(history[:, 0], 4.0 + 2.0 * used, atol=CHORD_ATOL)
+    np.testing.assert_allclose(history[:, 1], 0.02, atol=1e-12)
+    # 2 s at 5 Hz reach into the segment before; segment 0 has no 2 s of egomotion behind it.
+    assert ego_history(motion, last, 2.0, 5.0).shape == (10, 2)
+    first = int(segments[0].frame_timestamps_us[-1])
+    with pytest.raises(ValueError, match="no 2 s of egomotion before the segment's last frame"):
+        ego_history(motion, first, 2.0, 10.0)
+
+
+def test_egomotion_after_the_last_frame_changes_the_labels_never_the_history():
+    clip, segments = _segments(None, seconds=6, seed=8)
+    seg = segments[2]
+    last = int(seg.frame_timestamps_us[-1])
+    changed = clip.egomotion.copy()
+    later = changed["timestamp"] > last
+    changed.loc[later, ["vx", "vy"]] *= 3.0
+    changed.loc[later, "curvature"] += 0.05
+    before = ego_history(MotionInterpolator(clip.egomotion), last, 1.0, 10.0)
+    after = ego_history(MotionInterpolator(changed), last, 1.0, 10.0)
+    np.testing.assert_array_equal(before, after)  # the prompt sees nothing after the frame
+    relabelled = make_segments(clip.frame_timestamps, changed).segments[2]
+    assert not np.allclose(relabelled.future, seg.future)  # while the labels do change
