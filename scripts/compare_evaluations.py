@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Compare evaluations of several models on the same test set: one table with every model and
-the baselines, a sentence on where each model stands, and comparison.md with their plots.
+the baselines, a sentence on where each model stands, and comparison.md with their plots and the
+first evaluation's gallery clips drawn for every model side by side (in <output>_gallery/).
 
 Example: compare_evaluations.py zero-shot=eval/base fine-tuned=eval/lora --output eval/comparison.md
 """
@@ -14,7 +15,8 @@ import sys
 from pathlib import Path
 
 from qwenvl.cli import UserError, run_script
-from qwenvl.evaluate.report import comparison_table, standing
+from qwenvl.evaluate.gallery import side_by_side
+from qwenvl.evaluate.report import comparison_table, standing, steps
 from qwenvl.files import atomic_write_text, check_apart
 
 
@@ -55,13 +57,26 @@ def load(specs: list[str]) -> dict[str, tuple[Path, dict]]:
     return loaded
 
 
+def gallery_lines(loaded: dict[str, tuple[Path, dict]], output: Path) -> list[str]:
+    """The first evaluation's gallery clips for every model side by side, drawn beside
+    `output`; none where an evaluation lacks its gallery or predictions."""
+    evaluations = {}
+    for name, (folder, _) in loaded.items():
+        summary, predictions = folder / "gallery.json", folder / "predictions.jsonl"
+        if not (summary.is_file() and predictions.is_file()):
+            return []
+        records = [json.loads(line) for line in predictions.read_text().splitlines() if line]
+        evaluations[name] = (json.loads(summary.read_text()), records)
+    return side_by_side(evaluations, output.parent, f"{output.stem}_gallery")
+
+
 def run(args: argparse.Namespace) -> int:
     loaded = load(args.evaluations)
     if args.output:
         check_apart(args.output, {f"{name}=": folder for name, (folder, _) in loaded.items()})
     metrics = {name: m for name, (_, m) in loaded.items()}
     table = comparison_table(metrics)
-    verdicts = [standing(metrics, name) for name in metrics]
+    verdicts = [standing(metrics, name) for name in metrics] + steps(metrics)
     print(table)
     print()
     print("\n".join(verdicts))
@@ -76,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                     parts.append(f"![{name} {plot[:-4]}]({link})")
             parts.append("")
         output.parent.mkdir(parents=True, exist_ok=True)
+        parts += gallery_lines(loaded, output)
         atomic_write_text(output, "\n".join(parts))
     return 0
 

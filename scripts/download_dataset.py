@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Download chunks of NVIDIA's PhysicalAI Autonomous Vehicles dataset with NVIDIA's devkit.
 
-Fetches the front camera (or --cameras), the egomotion and, with --calibration, the calibration
-of the given chunks, plus features.csv, clip_index.parquet and the metadata, under the dataset's
-own paths (`physical_ai_av`'s PhysicalAIAVDatasetInterface does the work). The dataset revision
-is pinned: the commit resolved by the first download is recorded in dataset_revision.json and
+Fetches the front camera (or --cameras), the egomotion and the calibration (camera intrinsics,
+sensor extrinsics, vehicle dimensions: small files; --no-calibration to skip) of the given
+chunks, plus features.csv, clip_index.parquet and the metadata, under the dataset's own paths
+(`physical_ai_av`'s PhysicalAIAVDatasetInterface does the work). The dataset revision is
+pinned: the commit resolved by the first download is recorded in dataset_revision.json and
 later downloads into the same folder keep to it, so chunks added later match the first ones
 (--revision to choose another). Resumable: complete files are skipped.
 The dataset is gated: accept its licence on the hub and log in (`hf auth login` or HF_TOKEN).
@@ -41,8 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--calibration",
-        action="store_true",
-        help="also fetch the calibration (camera intrinsics, extrinsics, vehicle dimensions)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fetch the calibration (camera intrinsics, extrinsics, vehicle dimensions), which "
+        "the path overlays on the camera image need (default: on; --no-calibration skips it)",
     )
     parser.add_argument(
         "--output-dir",

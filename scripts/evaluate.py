@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Evaluate a model on test.json against the baselines: parse rate, speed and curvature errors,
 ADE/FDE in metres, per bucket. Works with a base model, a LoRA adapter, a merged model or a full
-fine-tune checkpoint; writes predictions.jsonl, metrics.json, report.md and PNG plots. Runs on
-the GPU when there is one (--device to choose).
+fine-tune checkpoint; writes predictions.jsonl, metrics.json, report.md, PNG plots and a gallery
+(the best, median and worst clips, their true and predicted paths drawn on the camera image
+through the clip's calibration). Runs on the GPU when there is one (--device to choose).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser,
         "free decoding: measure raw format-following (unparsed answers are counted) instead "
         "of constraining every answer to the answer grammar",
+    )
+    parser.add_argument(
+        "--gallery-buckets",
+        action="store_true",
+        help="the gallery's best, median and worst clips per speed and turn bucket too",
     )
     parser.add_argument(
         "--output-dir", required=True, help="where predictions, metrics, report and plots go"
@@ -136,8 +142,13 @@ def run(args: argparse.Namespace) -> int:
     with atomic_output_dir(args.output_dir, args.overwrite_output) as tmp:
         write_predictions(records, tmp / "predictions.jsonl")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        write_report(metrics, records, args.model_path, tmp)
+        gallery = write_report(metrics, records, args.model_path, tmp, args.gallery_buckets)
     print(metrics_table(metrics))
+    if gallery["without_overlay"]:
+        print(
+            f"{len(gallery['without_overlay'])} clips have no calibration to draw their paths "
+            "on (see gallery.json); they are drawn plain"
+        )
     left_out = f", {len(unscored)} samples not scored (see metrics.json)" if unscored else ""
     print(
         f"parsed {metrics['parse']['parsed']}/{metrics['parse']['total']}{left_out}; report: "

@@ -4,7 +4,11 @@
 Any mp4 works: a clip that is not 30 frames over 1 s is resampled to 30 frames spread evenly
 over its last second (or over all of it when shorter). A clip that cannot be decoded is named
 with its cause and the others are still predicted; the exit status is then non-zero. Runs on
-the GPU when there is one (--device to choose).
+the GPU when there is one (--device to choose). A model trained with ego history in its prompt
+needs each clip's (--ego-history); it is asked exactly as in training. With --render DIR, each
+clip's last frame is written as a PNG with the predicted path drawn on it through the camera's
+calibration: a prepared segment's own (calibration.parquet of its segments folder), or the
+dataset's for a clip id (--calibration DATA_DIR:CLIP_ID).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from qwenvl.cli import add_generation_arguments, add_inference_arguments, run_script
+from qwenvl.cli import UserError, add_generation_arguments, add_inference_arguments, run_script
+from qwenvl.files import check_apart
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,10 +36,84 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser, "free decoding instead of constraining the answer to the answer grammar"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per clip")
+    parser.add_argument(
+        "--render",
+        metavar="DIR",
+        help="write each clip's last frame with the predicted path drawn on it as DIR/<clip>.png",
+    )
+    parser.add_argument(
+        "--calibration",
+        action="append",
+        metavar="DATA_DIR:CLIP_ID",
+        help="with --render, the camera calibration of that clip of the downloaded dataset "
+        "(once for all VIDEOs, or once per VIDEO in their order); default: a prepared segment's "
+        "own",
+    )
+    parser.add_argument(
+        "--ego-history",
+        action="append",
+        metavar="PAIRS_OR_FILE",
+        help="for a model trained with ego history in its prompt, each clip's past (speed, "
+        "curvature), oldest first: inline '[(12.3, 0.004), ...]', or a JSON file ([[v, c], ...] "
+        'or {"speed": [...], "curvature": [...]}) or a CSV file (columns speed, curvature); '
+        "once per VIDEO, in their order",
+    )
     args = parser.parse_args(argv)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error("--max-new-tokens must be positive")
+    if args.calibration and not args.render:
+        parser.error("--calibration is for --render")
+    if args.calibration and len(args.calibration) not in (1, len(args.videos)):
+        parser.error("--calibration: give it once, or once per VIDEO")
     return args
+
+
+def dataset_calibration(spec: str) -> str:
+    """A clip's calibration (JSON) from the downloaded dataset, DATA_DIR:CLIP_ID; empty where
+    the dataset has none for it."""
+    from qwenvl.prepare.rawdata import RawDataset
+
+    root, sep, clip_id = spec.rpartition(":")
+    if not sep or not root or not clip_id:
+        raise UserError(f"--calibration {spec}: expected DATA_DIR:CLIP_ID")
+    dataset = RawDataset(Path(root))
+    try:
+        chunk = int(dataset.clip_index.at[clip_id, "chunk"])
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"--calibration {spec}: {str(err).splitlines()[0]}") from None
+    except KeyError:
+        raise UserError(f"--calibration {spec}: {clip_id} is not in {root}'s clip index") from None
+    found = dataset.calibration(clip_id, chunk)
+    return json.dumps(found) if found else ""
+
+
+def calibrations(args: argparse.Namespace) -> list[str | None]:
+    """Each clip's calibration for --render, read before any model loads (None: the segment's
+    own, looked up when it is drawn)."""
+    if not args.calibration:
+        return [None] * len(args.videos)
+    found = [dataset_calibration(spec) for spec in args.calibration]
+    return found * len(args.videos) if len(found) == 1 else found
+
+
+def render(video: str, pairs, calibration: str | None, folder: Path) -> tuple[Path, str | None]:
+    """Draw the predicted path on the clip's last frame; (the PNG, why it has no overlay)."""
+    from qwenvl.evaluate import overlay
+
+    frame = overlay.last_frame(video)
+    height, width = frame.shape[:2]
+    try:
+        if calibration is None:
+            calibration = overlay.Calibrations().of(video, Path(video).parent.name)
+        view, why = overlay.camera_view(calibration, width, height), None
+    except overlay.NoOverlay as err:
+        view, why = None, str(err)
+    caption = Path(video).name if why is None else f"{Path(video).name}: no overlay: {why}"
+    paths = [("predicted", pairs, overlay.PREDICTED_COLOUR)] if pairs is not None else []
+    image = overlay.draw_paths(frame, view, paths, caption)
+    path = folder / f"{Path(video).stem}.png"
+    image.save(path)
+    return path, why
 
 
 def to_one_second(frames: np.ndarray, fps: float, count: int = 30) -> tuple[np.ndarray, float]:
@@ -46,8 +125,68 @@ def to_one_second(frames: np.ndarray, fps: float, count: int = 30) -> tuple[np.n
     return last_second[indices], float(count)
 
 
+def stored_prompt(model_path: str):
+    """The prompt stored with a local model (None for a hub id or a model without one)."""
+    from qwenvl.chat import PromptSettings
+
+    path = Path(model_path)
+    try:
+        return PromptSettings.load(path) if path.is_dir() else None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def histories(args: argparse.Namespace, prompt) -> list[np.ndarray | None]:
+    """Each clip's ego history as the model's prompt wants it, read before any model loads;
+    a history missing, extra, or of the wrong length is one line."""
+    wanted = prompt.history_pairs if prompt is not None else 0
+    given = args.ego_history or []
+    if not wanted:
+        if given:
+            raise UserError(
+                f"{args.model_path} was trained without ego history: drop --ego-history"
+            )
+        return [None] * len(args.videos)
+    if len(given) != len(args.videos):
+        raise UserError(
+            f"{args.model_path} was trained with {prompt.ego_history_seconds:g} s of ego history "
+            f"at {prompt.history_hz:g} Hz in its prompt: give each clip's {wanted} (speed, "
+            f"curvature) pairs with --ego-history, once per VIDEO ({len(given)} given for "
+            f"{len(args.videos)})"
+        )
+    return [read_history(spec, wanted) for spec in given]
+
+
+def read_history(spec: str, count: int) -> np.ndarray:
+    """(count, 2) pairs from inline text or a JSON or CSV file."""
+    from qwenvl.answer import AnswerParseError, parse_pairs
+
+    path = Path(spec)
+    try:
+        if spec.lstrip().startswith("["):
+            return np.array(parse_pairs(spec, expected=count))
+        if not path.is_file():
+            raise ValueError("neither inline pairs nor a file")
+        if path.suffix.lower() == ".csv":
+            import pandas as pd
+
+            table = pd.read_csv(path)
+            pairs = table[["speed", "curvature"]].to_numpy(dtype=np.float64)
+        else:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                data = list(zip(data["speed"], data["curvature"], strict=True))
+            pairs = np.array(data, dtype=np.float64).reshape(-1, 2)
+    except (AnswerParseError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"--ego-history {spec}: {str(err).splitlines()[0]}") from None
+    if pairs.shape != (count, 2) or not np.isfinite(pairs).all():
+        raise UserError(f"--ego-history {spec}: {len(pairs)} finite pairs, expected {count}")
+    return pairs
+
+
 def read_clip(video: str, settings) -> tuple[tuple[np.ndarray, float] | None, str | None]:
     """(the clip as 30 frames over 1 s, None), or (None, why it cannot be read)."""
+    from qwenvl.inference.generate import decode_problem
     from qwenvl.video import decode_video
 
     if not Path(video).is_file():
@@ -55,12 +194,10 @@ def read_clip(video: str, settings) -> tuple[tuple[np.ndarray, float] | None, st
     try:
         return to_one_second(*decode_video(video, settings)), None
     except Exception as err:  # PyAV raises many kinds (InvalidDataError, EOFError, ...)
-        # PyAV's message repeats the path; its strerror is the cause alone.
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0] or type(err).__name__
-        return None, f"cannot decode ({reason})"
+        return None, f"cannot decode ({decode_problem(err)})"
 
 
-def predict_one(loaded, video: str, args: argparse.Namespace) -> dict:
+def predict_one(loaded, video: str, history, args: argparse.Namespace) -> dict:
     """One clip's result: pairs, or the decode or parse error, with the raw text."""
     from qwenvl.answer import AnswerParseError, parse_pairs
     from qwenvl.inference.generate import generate_answers
@@ -71,7 +208,7 @@ def predict_one(loaded, video: str, args: argparse.Namespace) -> dict:
     text = generate_answers(
         loaded,
         [clip],
-        [loaded.user_prompt().user_text()],
+        [loaded.user_prompt().user_text(history, loaded.answer_format)],
         max_new_tokens=args.max_new_tokens,
         constrained=args.constrained,
     )[0]
@@ -89,13 +226,33 @@ def predict_one(loaded, video: str, args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from qwenvl.inference.load import load_for_script
 
+    per_clip = histories(args, stored_prompt(args.model_path))
+    if args.render:
+        check_apart(args.render, {"--model-path": args.model_path})
+        stems = [Path(v).stem for v in args.videos]
+        if len(set(stems)) < len(stems):
+            raise UserError("--render: two VIDEOs share a file name; their PNGs would collide")
+    clip_calibrations = calibrations(args)
     loaded = load_for_script(args, args.model_path)
     print(f"{args.model_path}: {loaded.describe()}", file=sys.stderr)
     fmt = loaded.answer_format
     failed = 0
-    for video in tqdm(args.videos, desc="predicting", unit="clip", disable=len(args.videos) < 2):
-        result = predict_one(loaded, video, args)
+    clips = tqdm(
+        list(zip(args.videos, per_clip, clip_calibrations, strict=True)),
+        desc="predicting",
+        unit="clip",
+        disable=len(args.videos) < 2,
+    )
+    if args.render:
+        Path(args.render).mkdir(parents=True, exist_ok=True)
+    for video, history, calibration in clips:
+        result = predict_one(loaded, video, history, args)
         failed += result["error"] is not None
+        if args.render and result["error"] is None:
+            image, why = render(video, result["pairs"], calibration, Path(args.render))
+            result["render"] = str(image)
+            if why:
+                tqdm.write(f"{video}: drawn without its path: {why}", file=sys.stderr)
         # tqdm.write keeps each line whole beside the progress bar.
         if args.json:
             tqdm.write(json.dumps(result), file=sys.stdout)

@@ -8,7 +8,8 @@ run continues with --resume, keeping every clip it had finished.
 Reads the dataset as NVIDIA ships it (root clip_index.parquet, features.csv, the chunk zips as
 downloaded or extracted), processes the valid clips of the chunks present, decodes each clip
 once, and writes one H.264 mp4 per segment, manifest.parquet (timestamps, labels, official
-split), skipped.json (clips left out, with the reason), dropped_segments.json and summary.json.
+split), calibration.parquet (each clip's camera calibration, for the path overlays),
+skipped.json (clips left out, with the reason), dropped_segments.json and summary.json.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from qwenvl.cli import UserError, run_script
 from qwenvl.files import atomic_write_text, check_apart, check_output_dir, replace_path
 from qwenvl.prepare.rawdata import DEFAULT_CAMERA, ClipSelection, RawDataset
 from qwenvl.prepare.writer import (
+    CALIBRATION,
     CLIP_RESULTS,
     MANIFEST,
     MANIFEST_ROW_GROUP,
@@ -183,7 +185,8 @@ def segment_all(
 
 
 def write_outputs(records: list[dict], selection: ClipSelection, args, staging: Path) -> dict:
-    """manifest.parquet, skipped.json, dropped_segments.json, summary.json and source.json."""
+    """manifest.parquet, calibration.parquet, skipped.json, dropped_segments.json, summary.json
+    and source.json."""
     skipped = dict(selection.unavailable)
     skipped.update({r["clip_id"]: r["skipped"] for r in records if "skipped" in r})
     dropped = {k: v for r in records for k, v in r.get("dropped", {}).items()}
@@ -196,6 +199,11 @@ def write_outputs(records: list[dict], selection: ClipSelection, args, staging: 
         raise UserError(f"{args.data_dir}: no clip produced a segment ({len(skipped)} skipped)")
     manifest = pd.DataFrame(rows).sort_values(["clip_id", "segment_index"], ignore_index=True)
     manifest.to_parquet(staging / MANIFEST, index=False, row_group_size=MANIFEST_ROW_GROUP)
+    calibration = pd.DataFrame(
+        [(r["clip_id"], r.get("calibration", "")) for r in records if "rows" in r],
+        columns=["clip_id", "calibration"],
+    ).sort_values("clip_id", ignore_index=True)
+    calibration.to_parquet(staging / CALIBRATION, index=False)
     summary = {
         "clips_segmented": int(manifest["clip_id"].nunique()),
         "segments": len(manifest),
@@ -203,6 +211,7 @@ def write_outputs(records: list[dict], selection: ClipSelection, args, staging: 
         "segments_dropped": len(dropped),
         "clips_invalid": len(selection.invalid),
         "clips_in_chunks_not_downloaded": selection.not_downloaded,
+        "clips_without_calibration": int((calibration["calibration"] == "").sum()),
     }
     source = {"data_dir": str(Path(args.data_dir).resolve()), "camera": args.camera}
     for name, content in (
@@ -239,6 +248,11 @@ def run(args: argparse.Namespace) -> int:
         f"clips and {summary['clips_in_chunks_not_downloaded']} clips of chunks not "
         "downloaded left out)"
     )
+    if summary["clips_without_calibration"]:
+        print(
+            f"{summary['clips_without_calibration']} clips have no calibration: they train, "
+            "but their paths are not drawn on the camera image (download_dataset.py fetches it)"
+        )
     return 0
 
 

@@ -27,6 +27,7 @@ def prediction_record(sample: dict, text: str) -> dict:
         pairs, error = None, str(err)
     return {
         "id": sample["id"],
+        "clip_id": sample.get("clip_id", ""),
         "video": sample["video"],
         "raw_text": text,
         "pairs": pairs,

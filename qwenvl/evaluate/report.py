@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qwenvl.evaluate.baselines import baseline_predictions
+from qwenvl.evaluate.baselines import baseline_predictions, strongest
+from qwenvl.evaluate.gallery import gallery_markdown, write_gallery
 from qwenvl.evaluate.metrics import bucketed_metrics
 from qwenvl.evaluate.plots import plot_error_histogram, plot_profiles, plot_trajectories
 from qwenvl.evaluate.trajectory import displacement_errors, integrate_unicycle
@@ -86,7 +87,53 @@ def standing(evaluations: dict[str, dict], model_name: str) -> str:
     return "; ".join(parts) + "."
 
 
-def write_report(metrics: dict, records: list[dict], model_path: str, output_dir: Path) -> None:
+def steps(evaluations: dict[str, dict]) -> list[str]:
+    """What each model adds to the one before it, in the order given (zero-shot, then a
+    fine-tune, then one with more input, say), and where the strongest baseline stands: the
+    plain lines an ablation ends with."""
+    lines = []
+    ades = [(n, m["model"].get("all", {}).get("ade_m")) for n, m in evaluations.items()]
+    for (before, old), (after, new) in zip(ades, ades[1:], strict=False):
+        if old is not None and new is not None:
+            change = "better" if new < old else "worse"
+            lines.append(
+                f"From {before} to {after}: ADE {old:.2f} m -> {new:.2f} m "
+                f"({abs(old - new):.2f} m {change})."
+            )
+    best = strongest(next(iter(evaluations.values()))["baselines"])
+    if best is not None:
+        ahead = [n for n, ade in ades if ade is not None and ade < best[1]]
+        lines.append(
+            f"The strongest baseline is {best[0]} ({best[1]:.2f} m); "
+            + (f"ahead of it: {', '.join(ahead)}." if ahead else "no model is ahead of it yet.")
+        )
+    return lines
+
+
+def strongest_line(metrics: dict, bucket: str = "all") -> str:
+    """Which baseline is strongest in a bucket, and whether the model beats it there: a model
+    is only useful where it does."""
+    best = strongest(metrics["baselines"], bucket)
+    if best is None:
+        return ""
+    name, ade = best
+    own = metrics["model"].get(bucket, {}).get("ade_m")
+    verdict = (
+        "no parsed answer to compare"
+        if own is None
+        else f"the model ({own:.2f} m) is {'ahead of' if own < ade else 'behind'} it here"
+    )
+    return f"\nStrongest baseline: {name} (ADE {ade:.2f} m); {verdict}."
+
+
+def write_report(
+    metrics: dict,
+    records: list[dict],
+    model_path: str,
+    output_dir: Path,
+    gallery_buckets: bool = False,
+) -> dict:
+    """report.md with its plots and gallery in output_dir; the gallery's summary."""
     parse = metrics["parse"]
     failures = ", ".join(f"{k}: {v}" for k, v in parse["failures"].items()) or "none"
     buckets = [b for b in metrics["baselines"]["hold_last"] if b != "all"]
@@ -98,6 +145,7 @@ def write_report(metrics: dict, records: list[dict], model_path: str, output_dir
         "parsed answers only; the baselines use every sample. ADE/FDE integrate (speed, "
         "curvature) with the unicycle model over 1 s.\n",
         metrics_table(metrics),
+        strongest_line(metrics),
     ]
     unscored = metrics.get("unscored", {}).get("count", 0)
     if unscored:
@@ -107,11 +155,18 @@ def write_report(metrics: dict, records: list[dict], model_path: str, output_dir
             "labels absent) and are not scored; metrics.json names each with why.\n",
         )
     for bucket in buckets:
-        parts += [f"\n## {bucket}\n", metrics_table(metrics, bucket)]
+        parts += [
+            f"\n## {bucket}\n",
+            metrics_table(metrics, bucket),
+            strongest_line(metrics, bucket),
+        ]
     write_plots(records, output_dir)
     images = [f"![{p.stem}]({p.name})" for p in sorted(output_dir.glob("*.png"))]
     parts += ["\n## Plots\n", *images]
+    gallery = write_gallery(records, output_dir, gallery_buckets)
+    parts += gallery_markdown(gallery)
     (output_dir / "report.md").write_text("\n".join(parts) + "\n")
+    return gallery
 
 
 def write_plots(records: list[dict], output_dir: Path, count: int = 4) -> None:

@@ -27,6 +27,16 @@ FEATURES_CSV = "features.csv"
 FEATURE_PRESENCE = ("metadata/feature_presence.parquet", "metadata/sensor_presence.parquet")
 DATA_COLLECTION = "metadata/data_collection.parquet"
 SPLITS_DIR = "splits"
+# The calibration columns a clip's overlay needs: its camera's f-theta intrinsics (the devkit's
+# CameraIntrinsics.from_intrinsics_df reads these) and the camera's pose on the rig.
+INTRINSICS = (
+    "width",
+    "height",
+    "cx",
+    "cy",
+    *(f"{p}_poly_{i}" for p in ("fw", "bw") for i in range(5)),
+)
+POSE = ("qx", "qy", "qz", "qw", "x", "y", "z")
 # The columns of a clip's egomotion table (labels/egomotion), as the devkit reads them: pose
 # and velocity in the anchor frame (x forward, y left, z up), curvature signed (+ = left).
 EGOMOTION_COLUMNS: dict[str, str] = {
@@ -147,6 +157,7 @@ class RawDataset:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self._zips: dict[Path, zipfile.ZipFile | None] = {}
+        self._calibration: dict[tuple[str, int], pd.DataFrame | None] = {}
 
     @cached_property
     def features(self) -> Features:
@@ -266,6 +277,34 @@ class RawDataset:
     def egomotion(self, clip_id: str, chunk: int) -> pd.DataFrame:
         member = self.member(EGOMOTION, clip_id, EGOMOTION)
         return pd.read_parquet(io.BytesIO(self._read_member(EGOMOTION, chunk, member)))
+
+    def _calibration_table(self, kind: str, chunk: int) -> pd.DataFrame | None:
+        """A chunk's calibration table of one kind (read once), or None when it is not here."""
+        key = (kind, chunk)
+        if key not in self._calibration:
+            path = self.root / self.chunk_file(kind, chunk)
+            self._calibration[key] = pd.read_parquet(path) if path.is_file() else None
+        return self._calibration[key]
+
+    def calibration(self, clip_id: str, chunk: int) -> dict | None:
+        """This camera's calibration of a clip as the dataset ships it: its f-theta intrinsics
+        row (at the video's own size), its pose on the rig (sensor_extrinsics) and the
+        vehicle's width; None where the chunk's files or the clip's rows are not here."""
+        found = {}
+        for kind, columns in (("camera_intrinsics", INTRINSICS), ("sensor_extrinsics", POSE)):
+            table = self._calibration_table(kind, chunk)
+            try:
+                row = table.loc[(clip_id, self.camera)] if table is not None else None
+            except KeyError:
+                row = None
+            if row is None or any(c not in row.index for c in columns):
+                return None
+            found[kind] = {c: float(row[c]) for c in columns}
+        result = {"camera": self.camera, **found}
+        dimensions = self._calibration_table("vehicle_dimensions", chunk)
+        if dimensions is not None and clip_id in dimensions.index and "width" in dimensions:
+            result["vehicle_width"] = float(dimensions.loc[clip_id, "width"])
+        return result
 
     def close(self) -> None:
         for archive in self._zips.values():

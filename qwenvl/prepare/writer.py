@@ -27,6 +27,9 @@ MANIFEST = "manifest.parquet"
 # The manifest is read a row group at a time (prepare_huggingface_dataset.py): groups this
 # size keep that memory small whatever the number of segments.
 MANIFEST_ROW_GROUP = 8192
+# In the segments folder: each clip's calibration of the camera cut (one row per clip, not per
+# segment); evaluation and prediction find it beside the segments' videos/.
+CALIBRATION = "calibration.parquet"
 SOURCE = "source.json"  # in the segments folder: the dataset root and camera they were cut from
 CLIP_RESULTS = "clips"  # in a run's staging folder: one JSON per clip finished
 
@@ -148,9 +151,10 @@ def _encode_segments(
 
 def process_clip(
     dataset: RawDataset, clip_id: str, chunk: int, output_dir: Path, max_width: int
-) -> tuple[list[dict], dict[str, str]]:
-    """Manifest rows for one clip's segments, and the segments dropped (segment id -> why);
-    ClipError (files removed) when the whole clip must be skipped."""
+) -> tuple[list[dict], dict[str, str], str]:
+    """Manifest rows for one clip's segments, the segments dropped (segment id -> why) and
+    the clip's calibration (JSON, empty where the dataset has none); ClipError (files removed)
+    when the whole clip must be skipped."""
     clip_dir = output_dir / "videos" / clip_id
     try:
         timestamps = dataset.frame_timestamps(clip_id, chunk).to_numpy()
@@ -159,6 +163,8 @@ def process_clip(
     except MissingClipData as err:
         raise ClipError(str(err)) from None
     clip = make_segments(timestamps, egomotion)
+    calibration = dataset.calibration(clip_id, chunk)
+    calibration = json.dumps(calibration, separators=(",", ":")) if calibration else ""
     try:
         decoded, size = _encode_segments(video, clip.segments, output_dir, clip_id, max_width)
         if decoded != len(timestamps):
@@ -175,7 +181,8 @@ def process_clip(
             raise
         raise ClipError(f"video cannot be decoded ({err})") from None
     dropped = {segment_id(clip_id, index): why for index, why in clip.dropped.items()}
-    return [_manifest_row(clip_id, chunk, seg, size) for seg in clip.segments], dropped
+    rows = [_manifest_row(clip_id, chunk, seg, size) for seg in clip.segments]
+    return rows, dropped, calibration
 
 
 def _manifest_row(clip_id: str, chunk: int, seg: Segment, size: tuple[int, int]) -> dict:
@@ -207,14 +214,15 @@ def segment_clip_task(
     root: str, camera: str, clip_id: str, chunk: int, output_dir: str, max_width: int
 ) -> dict:
     """Segment one clip into `output_dir` and record the outcome in clips/<clip_id>.json:
-    {"clip_id", "rows", "dropped"} or {"clip_id", "skipped"}. The record is written last and
-    atomically, so its presence means the clip is complete (what --resume relies on). Runs in
-    a worker process, local or on a Ray node; a worker keeps its open zips between clips."""
+    {"clip_id", "rows", "dropped", "calibration"} or {"clip_id", "skipped"}. The record is
+    written last and atomically, so its presence means the clip is complete (what --resume
+    relies on). Runs in a worker process, local or on a Ray node; a worker keeps its open zips
+    between clips."""
     dataset = _datasets.setdefault((root, camera), RawDataset(Path(root), camera))
     out = Path(output_dir)
     try:
-        rows, dropped = process_clip(dataset, clip_id, int(chunk), out, max_width)
-        result = {"clip_id": clip_id, "rows": rows, "dropped": dropped}
+        rows, dropped, calibration = process_clip(dataset, clip_id, int(chunk), out, max_width)
+        result = {"clip_id": clip_id, "rows": rows, "dropped": dropped, "calibration": calibration}
     except ClipError as err:
         result = {"clip_id": clip_id, "skipped": str(err)}
     record = out / CLIP_RESULTS / f"{clip_id}.json"

@@ -39,9 +39,17 @@ MAX_SPEED = 20.0
 MAX_CURVATURE = 0.05
 MAX_LATERAL_ACCEL = 3.0  # m/s^2; keeps sharp curvature to low speeds like a real car
 
+# The front wide camera as rendered: an f-theta (fisheye) lens of 120 degrees across, 1.5 m
+# ahead of the rear axle and 1.5 m up, pitched a little down so the ground fills the frame.
 CAMERA_HEIGHT_M = 1.5
-CAMERA_HFOV_DEG = 100.0
-CAMERA_PITCH_DEG = 6.0  # a little down, so the ground fills more than half the frame
+CAMERA_FORWARD_M = 1.5
+CAMERA_HFOV_DEG = 120.0
+CAMERA_PITCH_DEG = 6.0
+# The vehicle's dimensions as the dataset records them (metres): a mid-size car.
+VEHICLE_DIMENSIONS = {
+    "length": 4.8, "width": 1.9, "height": 1.5, "rear_axle_to_bbox_center": 1.4,
+    "wheelbase": 2.9, "track_width": 1.6,
+}  # fmt: skip
 GROUND_RANGE_M = 120.0  # rows seeing ground farther than this get the flat haze colour
 TEXEL_M = 0.125
 TEXTURE_SIZE = 512  # texels per side: a 64 m tile, a power of two so wrapping is a bit mask
@@ -260,21 +268,44 @@ def egomotion_timestamps(
 
 
 @dataclass(frozen=True)
-class Pinhole:
-    """Intrinsics of the rendered front camera (pixel centres at integer + 0.5)."""
+class SyntheticCamera:
+    """The rendered front camera, in the dataset's own calibration schema: an f-theta intrinsics
+    row (equidistant, the pixel radius f x the ray's angle from the axis, f fitting
+    CAMERA_HFOV_DEG across the width) and the camera's pose on the rig. Frames are rendered
+    through the devkit's FThetaCameraModel built from that row, so the calibration written
+    with a clip is exactly how its pixels were made (pixel centres at integer + 0.5)."""
 
     width: int
     height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
 
+    @property
+    def focal(self) -> float:
+        return (self.width / 2) / math.radians(CAMERA_HFOV_DEG / 2)
 
-def pinhole(width: int, height: int) -> Pinhole:
-    """Square-pixel pinhole with CAMERA_HFOV_DEG horizontal field of view, centred."""
-    fx = (width / 2) / math.tan(math.radians(CAMERA_HFOV_DEG) / 2)
-    return Pinhole(width, height, fx, fx, width / 2, height / 2)
+    def intrinsics(self) -> dict:
+        row = {"width": self.width, "height": self.height}
+        row.update(cx=self.width / 2, cy=self.height / 2)
+        row.update({f"fw_poly_{i}": float(i == 1) * self.focal for i in range(5)})
+        row.update({f"bw_poly_{i}": float(i == 1) / self.focal for i in range(5)})
+        return row
+
+    def rotation(self) -> np.ndarray:
+        """(3, 3) camera axes (x right, y down, z out of the lens) as rig vectors (x forward,
+        y left, z up), pitched CAMERA_PITCH_DEG down."""
+        p = math.radians(CAMERA_PITCH_DEG)
+        right, down = [0.0, -1.0, 0.0], [-math.sin(p), 0.0, -math.cos(p)]
+        return np.array([right, down, [math.cos(p), 0.0, -math.sin(p)]]).T
+
+    def extrinsics(self) -> dict:
+        from scipy.spatial.transform import Rotation
+
+        qx, qy, qz, qw = Rotation.from_matrix(self.rotation()).as_quat()
+        return dict(qx=qx, qy=qy, qz=qz, qw=qw, x=CAMERA_FORWARD_M, y=0.0, z=CAMERA_HEIGHT_M)
+
+    def model(self):
+        from physical_ai_av.utils.camera_models import FThetaCameraModel
+
+        return FThetaCameraModel.from_camera_row(pd.Series(self.intrinsics()))
 
 
 def _periodic_noise(rng: np.random.Generator, size: int, wavelength_texels: float) -> np.ndarray:
@@ -319,27 +350,26 @@ def _mip_offsets() -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
 
 
-def _pixel_rays(camera: Pinhole) -> np.ndarray:
-    """(H, W, 3) ray directions in the vehicle frame (x forward, y left, z up) per pixel."""
-    a = (np.arange(camera.width) + 0.5 - camera.cx) / camera.fx  # right in the image
-    b = (np.arange(camera.height) + 0.5 - camera.cy) / camera.fy  # down in the image
-    p = math.radians(CAMERA_PITCH_DEG)
-    a, b = np.meshgrid(a, b)
-    return np.stack([math.cos(p) - b * math.sin(p), -a, -math.sin(p) - b * math.cos(p)], -1)
+def _pixel_rays(camera: SyntheticCamera) -> np.ndarray:
+    """(H, W, 3) unit ray directions in the rig frame (x forward, y left, z up) per pixel,
+    through the devkit's f-theta model of the camera."""
+    columns, rows = np.meshgrid(np.arange(camera.width) + 0.5, np.arange(camera.height) + 0.5)
+    rays = camera.model().pixel2ray(np.stack([columns, rows], axis=-1))
+    return rays @ camera.rotation().T
 
 
 @dataclass(frozen=True)
 class _GroundGeometry:
-    """Per-resolution constants: where each lower-frame pixel hits the ground, which mip level."""
+    """Per-resolution constants: which pixels see the ground, where, and at which mip level."""
 
-    first_row: int  # rows above it show sky / far haze and never change
-    u: np.ndarray  # float32 ground offset along the vehicle x axis, in texels of the level
+    pixels: np.ndarray  # flat indices of the pixels that see the textured ground
+    u: np.ndarray  # float32 their ground point along the rig's x axis, in texels of the level
     v: np.ndarray  # the same along y
     scale: np.ndarray  # float32 texels per metre at the pixel's mip level
     mask: np.ndarray  # int32 (texels per side at the level) - 1
     shift: np.ndarray  # int32 log2(texels per side)
     base: np.ndarray  # int32 offset of the level in the packed texture
-    elevation: np.ndarray  # sine of the ray's elevation for rows [0, first_row)
+    elevation: np.ndarray  # (H, W) sine of each ray's elevation (the sky and the far haze)
 
 
 def _mip_level(ground: np.ndarray) -> np.ndarray:
@@ -350,7 +380,7 @@ def _mip_level(ground: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(np.log2(np.maximum(footprint, 1.0))), 0, MIP_LEVELS - 1).astype(int)
 
 
-def _sky_rows(elevation: np.ndarray, haze: np.ndarray) -> np.ndarray:
+def _background(elevation: np.ndarray, haze: np.ndarray) -> np.ndarray:
     """uint8 RGB: a blue gradient above the horizon, flat haze on the ground beyond range."""
     w = np.clip(elevation / 0.6, 0.0, 1.0)[..., None] ** 0.7
     sky = (1 - w) * np.array(SKY_HORIZON) + w * np.array(SKY_TOP)
@@ -358,25 +388,35 @@ def _sky_rows(elevation: np.ndarray, haze: np.ndarray) -> np.ndarray:
     return np.round(sky).astype(np.uint8)
 
 
+def ground_points(camera: SyntheticCamera) -> tuple[np.ndarray, np.ndarray]:
+    """((H, W, 2) the ground point (rig x, y in metres) each pixel sees, (H, W) whether it
+    sees the ground within GROUND_RANGE_M), as the renderer draws them."""
+    rays = _pixel_rays(camera)
+    down = np.minimum(rays[..., 2], -1e-9)
+    reach = CAMERA_HEIGHT_M / -down
+    ground = np.array([CAMERA_FORWARD_M, 0.0]) + rays[..., :2] * reach[..., None]
+    near = (rays[..., 2] < 0) & (reach * np.linalg.norm(rays[..., :2], axis=-1) < GROUND_RANGE_M)
+    return ground, near
+
+
 @lru_cache(maxsize=8)
 def _ground_geometry(width: int, height: int) -> _GroundGeometry:
-    rays = _pixel_rays(pinhole(width, height))
-    down = np.minimum(rays[..., 2], -1e-9)
-    ground = rays[..., :2] * (CAMERA_HEIGHT_M / -down)[..., None]
-    near = (rays[:, 0, 2] < 0) & (ground[:, 0, 0] < GROUND_RANGE_M)  # forward distance per row
-    first_row = int(np.argmax(near)) if near.any() else height
-    level = _mip_level(ground)[first_row:]
+    camera = SyntheticCamera(width, height)
+    ground, near = ground_points(camera)
+    rays = _pixel_rays(camera)
+    pixels = np.flatnonzero(near)
+    level = _mip_level(ground).ravel()[pixels]
     scale = (1.0 / (TEXEL_M * 2.0**level)).astype(np.float32)
-    g = ground[first_row:]
+    g = ground.reshape(-1, 2)[pixels]
     return _GroundGeometry(
-        first_row=first_row,
-        u=(g[..., 0] * scale).astype(np.float32),
-        v=(g[..., 1] * scale).astype(np.float32),
+        pixels=pixels,
+        u=(g[:, 0] * scale).astype(np.float32),
+        v=(g[:, 1] * scale).astype(np.float32),
         scale=scale,
         mask=((TEXTURE_SIZE >> level) - 1).astype(np.int32),
         shift=(int(math.log2(TEXTURE_SIZE)) - level).astype(np.int32),
         base=_mip_offsets()[level],
-        elevation=rays[:first_row, :, 2] / np.linalg.norm(rays[:first_row], axis=-1),
+        elevation=rays[..., 2] / np.linalg.norm(rays, axis=-1),
     )
 
 
@@ -389,22 +429,22 @@ class GroundRenderer:
         self.geometry = _ground_geometry(width, height)
         # Far ground fades to the texture's mean colour, a little washed out towards the sky.
         haze = 0.6 * texture[_mip_offsets()[-1] :].mean(axis=0) + 0.4 * np.array(SKY_HORIZON)
-        self.sky_rows = _sky_rows(self.geometry.elevation, haze)
+        self.background = _background(self.geometry.elevation, haze)  # where no ground is
 
     def render(self, x: float, y: float, yaw: float) -> np.ndarray:
         """(H, W, 3) uint8 RGB frame seen from pose (x, y, yaw) in the anchor frame."""
         g = self.geometry
         c, s = math.cos(yaw), math.sin(yaw)
         # Wrap the position into one tile and shift it by four so texel indices stay
-        # non-negative: the textured ground lies within GROUND_RANGE_M / cos(50 deg) < 4 tiles.
+        # non-negative: the textured ground lies within GROUND_RANGE_M (+ the camera's offset)
+        # of the rig, under 4 tiles.
         ox, oy = x % TILE_M + 4 * TILE_M, y % TILE_M + 4 * TILE_M
         wx = g.u * c - g.v * s + ox * g.scale
         wy = g.u * s + g.v * c + oy * g.scale
         ix = wx.astype(np.int32) & g.mask
         iy = wy.astype(np.int32) & g.mask
-        frame = np.empty((self.height, self.width, 3), dtype=np.uint8)
-        frame[: g.first_row] = self.sky_rows
-        np.take(self.texture, (iy << g.shift) + ix + g.base, axis=0, out=frame[g.first_row :])
+        frame = self.background.copy()
+        frame.reshape(-1, 3)[g.pixels] = self.texture[(iy << g.shift) + ix + g.base]
         return frame
 
 
@@ -492,19 +532,21 @@ def _write_member(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
     archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
 
-def _calibration(clip_ids: list[str], camera: Pinhole) -> pd.DataFrame:
-    """Camera intrinsics indexed by (clip_id, sensor), as the calibration parquets are."""
-    n = len(clip_ids)
-    table = pd.DataFrame(
-        {
-            "clip_id": clip_ids,
-            "sensor": [rawdata.DEFAULT_CAMERA] * n,
-            "width": np.full(n, camera.width, np.int64),
-            "height": np.full(n, camera.height, np.int64),
-            **{k: np.full(n, getattr(camera, k), np.float64) for k in ("fx", "fy", "cx", "cy")},
-        }
+def _calibration(clip_ids: list[str], camera: SyntheticCamera) -> dict[str, pd.DataFrame]:
+    """The calibration tables as the dataset ships them: camera intrinsics and sensor
+    extrinsics indexed by (clip_id, sensor), vehicle dimensions by clip_id."""
+    sensors = pd.MultiIndex.from_arrays(
+        [clip_ids, [rawdata.DEFAULT_CAMERA] * len(clip_ids)], names=["clip_id", "sensor"]
     )
-    return table.set_index(["clip_id", "sensor"])
+    intrinsics = pd.DataFrame([camera.intrinsics()] * len(clip_ids), index=sensors)
+    intrinsics[["width", "height"]] = intrinsics[["width", "height"]].astype(np.int64)
+    return {
+        "camera_intrinsics": intrinsics,
+        "sensor_extrinsics": pd.DataFrame([camera.extrinsics()] * len(clip_ids), index=sensors),
+        "vehicle_dimensions": pd.DataFrame(
+            [VEHICLE_DIMENSIONS] * len(clip_ids), index=pd.Index(clip_ids, name="clip_id")
+        ),
+    }
 
 
 # No faces or plates in a rendered ground plane: the blur boxes table is empty.
@@ -550,9 +592,9 @@ def _write_chunk(
                 _write_member(egos, ego_member, _parquet_bytes(clip.egomotion))
                 clip_ids.append(clip.clip_id)
                 bar.update()
-    intrinsics = root / dataset.chunk_file("camera_intrinsics", chunk)
-    with _atomic_path(intrinsics) as tmp:
-        _calibration(clip_ids, pinhole(spec.width, spec.height)).to_parquet(tmp)
+    for kind, table in _calibration(clip_ids, SyntheticCamera(spec.width, spec.height)).items():
+        with _atomic_path(root / dataset.chunk_file(kind, chunk)) as tmp:
+            table.to_parquet(tmp)
     return clip_ids
 
 
@@ -587,7 +629,7 @@ def _official_splits(clip_ids: list[str], val_fraction: float, test_fraction: fl
 
 def _write_metadata(root: Path, index: pd.DataFrame, features: list[str]) -> list[str]:
     """The presence table (the features written here present) and the data collection table."""
-    written_features = (rawdata.DEFAULT_CAMERA, rawdata.EGOMOTION, "camera_intrinsics")
+    written_features = (rawdata.DEFAULT_CAMERA, rawdata.EGOMOTION, *rawdata.CALIBRATION_FEATURES)
     presence = pd.DataFrame(
         {feature: feature in written_features for feature in features}, index=index.index
     )
@@ -651,6 +693,10 @@ def write_synthetic_dataset(
     for chunk in sorted(set(chunks)):
         files += [
             dataset.chunk_file(feature, chunk)
-            for feature in (rawdata.DEFAULT_CAMERA, rawdata.EGOMOTION, "camera_intrinsics")
+            for feature in (
+                rawdata.DEFAULT_CAMERA,
+                rawdata.EGOMOTION,
+                *rawdata.CALIBRATION_FEATURES,
+            )
         ]
     return SyntheticDataset(root, index, [root / f for f in files])

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from conftest import build_training_json, run_script
+from conftest import build_training_json, run_script, script_main, script_module
+from PIL import Image
 
+from qwenvl.evaluate.overlay import PREDICTED_COLOUR
 from qwenvl.standins.synthetic import constant_profile, encode_mp4, write_synthetic_dataset
 
 SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
@@ -102,7 +105,9 @@ def test_evaluate_fine_tuned_model_writes_every_output(fine_tuned, steady_data, 
     assert metrics["parse"]["parsed"] == metrics["parse"]["total"] == 3
     model = metrics["model"]["all"]
     assert model["n"] == 3 and model["speed_mae"] < 0.06 and model["ade_m"] < 0.05
-    assert set(metrics["baselines"]) == {"train_mean", "hold_last", "constant_speed_straight"}
+    assert set(metrics["baselines"]) == {
+        "train_mean", "hold_last", "constant_speed_straight", "accel_and_curvature_rate"
+    }  # fmt: skip
     assert "left" in metrics["model"] and "slow" in metrics["model"]
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(len(r["pairs"]) == 30 and r["raw_text"] for r in records)
@@ -111,6 +116,53 @@ def test_evaluate_fine_tuned_model_writes_every_output(fine_tuned, steady_data, 
     for png in ("trajectories.png", "profiles.png", "ade_histogram.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "| model | 3 |" in result.stdout
+    # The gallery: best, median and worst of the three clips, drawn through the calibration
+    # segmenting stored, embedded in the report.
+    gallery = json.loads((out / "gallery.json").read_text())
+    assert [c["rank"] for c in gallery["clips"]] == ["best", "median", "worst"]
+    assert gallery["without_overlay"] == {}
+    ades = [c["ade_m"] for c in gallery["clips"]]
+    assert ades == sorted(ades)
+    for pick in gallery["clips"]:
+        assert f"]({pick['image']})" in report
+        image = np.asarray(Image.open(out / pick["image"]).convert("RGB")).astype(int)
+        assert image.shape == (96, 160, 3)
+        magenta = (np.abs(image - PREDICTED_COLOUR).sum(axis=-1) < 40)[30:]
+        assert magenta.sum() > 10  # the predicted path, on the ground below the legend
+    # compare_evaluations draws the same clips for every model side by side.
+    comparison = tmp_path / "cmp" / "comparison.md"
+    argv = [f"a={out}", f"b={out}", "--output", str(comparison)]
+    assert script_main("compare_evaluations")(argv) == 0
+    sheets = sorted((tmp_path / "cmp" / "comparison_gallery").glob("*.png"))
+    assert len(sheets) == 3 and Image.open(sheets[0]).size == (320, 96)
+    assert "comparison_gallery/all_best.png" in comparison.read_text()
+
+
+def test_gallery_draws_a_clip_without_calibration_plain_and_counts_it(steady_data, tmp_path):
+    import shutil
+
+    from qwenvl.evaluate.gallery import write_gallery
+
+    segments = tmp_path / "seg"
+    shutil.copytree(steady_data / "seg", segments)
+    table = pd.read_parquet(segments / "calibration.parquet")
+    lacking = table["clip_id"].iloc[0]
+    table.loc[0, "calibration"] = ""  # the dataset had none for this clip
+    table.to_parquet(segments / "calibration.parquet")
+    videos = sorted((segments / "videos").rglob("*.mp4"))
+    truth = [[8.0, 0.01]] * 30
+    records = [
+        {"id": v.stem, "clip_id": v.parent.name, "video": str(v), "pairs": truth,
+         "true_pairs": truth}
+        for v in videos
+    ]  # fmt: skip
+    summary = write_gallery(records, tmp_path / "eval")
+    assert list(summary["without_overlay"]) == [lacking]
+    assert "no calibration" in summary["without_overlay"][lacking]
+    for pick in summary["clips"]:
+        image = np.asarray(Image.open(tmp_path / "eval" / pick["image"]).convert("RGB"))
+        drawn = (np.abs(image.astype(int) - PREDICTED_COLOUR).sum(axis=-1) < 40)[30:].any()
+        assert drawn == (not pick["id"].startswith(lacking))
 
 
 def test_evaluate_base_model_counts_parse_failures(tiny_model_dir, steady_data, tmp_path):
@@ -175,28 +227,57 @@ def test_predict_resamples_any_mp4_to_one_second_of_30_frames(fine_tuned, tmp_pa
     assert plain.stdout.count("(") == 30
 
 
-def test_predict_names_each_clip_it_cannot_read_and_answers_the_rest(
+def test_predict_names_each_clip_it_cannot_read_answers_and_draws_the_rest(
     fine_tuned, steady_data, tmp_path
 ):
+    """Unreadable clips are named and the rest answered; with --render each answered clip's
+    last frame is a PNG, with the path where its calibration is known and plain where not."""
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n")
     good = sorted((steady_data / "seg" / "videos").rglob("*.mp4"))[0]
-    args = ["scripts/predict.py", "--model-path", str(fine_tuned), str(empty), str(text), str(good)]
-    result = run_script(*args, check=False)
+    loose = tmp_path / "loose.mp4"  # an mp4 outside any segments folder: no calibration
+    loose.write_bytes(good.read_bytes())
+    videos = [str(empty), str(text), str(good), str(loose)]
+    args = ["scripts/predict.py", "--model-path", str(fine_tuned), *videos]
+    result = run_script(*args, "--render", str(tmp_path / "renders"), check=False)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and "empty.mp4: cannot decode" in errors[0]
     assert "notes.mp4: cannot decode" in errors[1]
     assert "Traceback" not in result.stderr
     answers = result.stdout.strip().splitlines()
-    assert len(answers) == 1 and answers[0].startswith(f"{good}: [(8.0, 0.010)")
+    assert len(answers) == 2 and answers[0].startswith(f"{good}: [(8.0, 0.010)")
+    drawn = np.asarray(Image.open(tmp_path / "renders" / f"{good.stem}.png").convert("RGB"))
+    assert (np.abs(drawn.astype(int) - PREDICTED_COLOUR).sum(axis=-1) < 40)[30:].sum() > 10
+    plain = np.asarray(Image.open(tmp_path / "renders" / "loose.png").convert("RGB"))
+    assert not (np.abs(plain.astype(int) - PREDICTED_COLOUR).sum(axis=-1) < 40)[30:].any()
+    assert f"{loose}: drawn without its path: no calibration.parquet" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == sorted(
+        [f"{good.stem}.png", "loose.png"]
+    )  # nothing for the clips it could not read
     as_json = run_script(*args, "--json", check=False)
     records = [json.loads(line) for line in as_json.stdout.strip().splitlines()]
-    assert as_json.returncode == 1 and [r["video"] for r in records] == args[3:]
-    assert [r["error"] is not None for r in records] == [True, True, False]
+    assert as_json.returncode == 1 and [r["video"] for r in records] == videos
+    assert [r["error"] is not None for r in records] == [True, True, False, False]
     assert records[2]["pairs"][0] == [8.0, 0.01]
+
+
+def test_predict_reads_a_clips_calibration_from_the_dataset_before_any_model(
+    steady_data, tmp_path, capsys
+):
+    predict = script_module("predict")
+    clip_id = sorted(p.name for p in (steady_data / "seg" / "videos").iterdir())[0]
+    found = json.loads(predict.dataset_calibration(f"{steady_data / 'raw'}:{clip_id}"))
+    stored = pd.read_parquet(steady_data / "seg" / "calibration.parquet")
+    assert found == json.loads(stored.set_index("clip_id").at[clip_id, "calibration"])
+    argv = ["--model-path", str(tmp_path / "no-model"), "--render", str(tmp_path / "r"),
+            "--calibration", f"{steady_data / 'raw'}:nope", "clip.mp4"]  # fmt: skip
+    assert predict.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(f"nope is not in {steady_data / 'raw'}'s clip index")
+    assert not (tmp_path / "r").exists()
 
 
 def test_to_one_second_takes_30_frames_from_the_last_second():

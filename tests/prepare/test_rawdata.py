@@ -234,7 +234,9 @@ def test_download_fetches_the_devkit_named_files_and_pins_the_revision(
     out = tmp_path / "download"
     assert _download("--chunks", "0001", "--output-dir", str(out)) == 0
     dataset = rawdata.RawDataset(source)
-    chunk_files = {dataset.chunk_file(f, 1) for f in (CAMERA, rawdata.EGOMOTION)}
+    # The calibration comes by default: the path overlays need it.
+    features = (CAMERA, rawdata.EGOMOTION, *rawdata.CALIBRATION_FEATURES)
+    chunk_files = {dataset.chunk_file(f, 1) for f in features}
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     written = {p for p in written if not p.startswith(".cache")}  # the hub's own bookkeeping
     metadata = {
@@ -248,9 +250,10 @@ def test_download_fetches_the_devkit_named_files_and_pins_the_revision(
     hub.commit = "b" * 40
     hub.revision_asked = "a" * 40
     hub.fetched.clear()
-    assert _download("--chunks", "0000", "--output-dir", str(out)) == 0
+    assert _download("--chunks", "0000", "--output-dir", str(out), "--no-calibration") == 0
     assert hub.fetched and {revision for _, revision in hub.fetched} == {"a" * 40}
     assert (out / dataset.chunk_file(CAMERA, 0)).is_file()
+    assert not any("calibration/" in f for f, _ in hub.fetched)
     # What was downloaded is a dataset the next step reads: two chunks here, one not.
     result = _prepare(out, tmp_path / "seg")
     assert "2 index clips in chunks not downloaded" in result.stdout

@@ -19,11 +19,11 @@ from qwenvl.prepare.labels import forward_speed, yaw_from_quaternion
 from qwenvl.prepare.rawdata import EGOMOTION_COLUMNS
 from qwenvl.standins.synthetic import (
     GroundRenderer,
+    SyntheticCamera,
     camera_timestamps,
     constant_profile,
     egomotion_timestamps,
     ground_texture,
-    pinhole,
     random_profile,
     synthesize_egomotion,
     write_synthetic_dataset,
@@ -150,9 +150,8 @@ def test_files_have_the_documented_layout_columns_and_dtypes(dataset: rawdata.Ra
     )
     presence = pd.read_parquet(root / rawdata.FEATURE_PRESENCE[0])
     assert presence.index.equals(index.index) and presence[camera].all()
-    assert presence["egomotion"].all() and not presence["vehicle_dimensions"].any()
+    assert presence["egomotion"].all() and presence["vehicle_dimensions"].all()
     assert pd.read_parquet(root / rawdata.DATA_COLLECTION).index.equals(index.index)
-    expected = pinhole(160, 96)
     for chunk, clips in index.groupby("chunk"):
         camera_zip = f"camera/{camera}/{camera}.chunk_{chunk:04d}.zip"
         with zipfile.ZipFile(root / camera_zip) as archive:
@@ -164,19 +163,28 @@ def test_files_have_the_documented_layout_columns_and_dtypes(dataset: rawdata.Ra
             assert set(archive.namelist()) == names
         with zipfile.ZipFile(root / f"labels/egomotion/egomotion.chunk_{chunk:04d}.zip") as archive:
             assert set(archive.namelist()) == {f"{c}.egomotion.parquet" for c in clips.index}
-        intrinsics = f"calibration/camera_intrinsics/camera_intrinsics.chunk_{chunk:04d}.parquet"
-        calibration = pd.read_parquet(root / intrinsics)
-        assert calibration.index.names == ["clip_id", "sensor"]
-        assert list(calibration.columns) == ["width", "height", "fx", "fy", "cx", "cy"]
-        assert calibration.index.get_level_values("clip_id").tolist() == clips.index.tolist()
-        assert (calibration.index.get_level_values("sensor") == camera).all()
-        assert calibration[["width", "height"]].dtypes.tolist() == [np.int64] * 2
-        assert calibration.iloc[0][["width", "height"]].tolist() == [160, 96]
-        fx = 80 / math.tan(math.radians(50))  # 100 degree horizontal field of view
-        assert calibration.iloc[0][["fx", "fy", "cx", "cy"]].tolist() == pytest.approx(
-            [fx, fx, 80.0, 48.0]
-        )
-        assert expected.fx == pytest.approx(fx)
+        # The calibration tables as the devkit reads them: f-theta intrinsics and the camera's
+        # pose per (clip_id, sensor), the vehicle's dimensions per clip.
+        tables = {
+            kind: pd.read_parquet(root / f"calibration/{kind}/{kind}.chunk_{chunk:04d}.parquet")
+            for kind in rawdata.CALIBRATION_FEATURES
+        }
+        intrinsics, extrinsics = tables["camera_intrinsics"], tables["sensor_extrinsics"]
+        polys = [f"{side}_poly_{i}" for side in ("fw", "bw") for i in range(5)]
+        assert set(intrinsics.columns) >= {"width", "height", "cx", "cy", *polys}
+        for table in (intrinsics, extrinsics):
+            assert table.index.names == ["clip_id", "sensor"]
+            assert table.index.get_level_values("clip_id").tolist() == clips.index.tolist()
+            assert (table.index.get_level_values("sensor") == camera).all()
+        assert set(extrinsics.columns) == set(rawdata.POSE)
+        assert intrinsics[["width", "height"]].dtypes.tolist() == [np.int64] * 2
+        assert intrinsics.iloc[0][["width", "height", "cx", "cy"]].tolist() == [160, 96, 80, 48]
+        # Equidistant f-theta: 60 degrees off the axis reaches the image's side.
+        focal = 80 / math.radians(60)
+        assert intrinsics.iloc[0]["fw_poly_1"] == pytest.approx(focal)
+        assert intrinsics.iloc[0]["bw_poly_1"] == pytest.approx(1 / focal)
+        assert tables["vehicle_dimensions"].index.tolist() == clips.index.tolist()
+        assert (tables["vehicle_dimensions"]["width"] > 1.5).all()
 
 
 def test_egomotion_is_100hz_with_a_sparse_tail_and_not_aligned(dataset: rawdata.RawDataset):
@@ -230,10 +238,34 @@ def test_renderer_sees_a_world_fixed_ground():
     assert np.array_equal(start, renderer.render(0.0, 0.0, 0.0))
     assert np.array_equal(start, renderer.render(64.0, -64.0, 0.0))  # the ground tile is 64 m
     moved, turned = renderer.render(0.3, 0.0, 0.0), renderer.render(0.0, 0.0, 0.05)
-    sky = slice(0, renderer.geometry.first_row)
+    ground = np.zeros(160 * 96, dtype=bool)
+    ground[renderer.geometry.pixels] = True
+    sky = ~ground.reshape(96, 160)
+    assert sky[0].all() and not sky[-1].any()  # sky above, ground below
     for other in (moved, turned):
         assert np.array_equal(other[sky], start[sky])  # the sky does not move
         assert (other != start).any(axis=-1).mean() > 0.2  # the ground does
+
+
+def test_renderer_draws_through_the_calibration_it_writes():
+    """A pixel's ground point, as the renderer uses it, projects back onto that pixel through
+    the devkit's model of the written calibration; a ground point straight ahead lands on the
+    image's middle column, below the horizon."""
+    from qwenvl.standins.synthetic import ground_points
+
+    camera = SyntheticCamera(160, 96)
+    ground, near = ground_points(camera)
+    rows, columns = np.nonzero(near)
+    pick = np.linspace(0, len(rows) - 1, 25).astype(int)
+    points = np.column_stack(
+        [ground[rows[pick], columns[pick]], np.zeros(len(pick))]
+    )  # rig frame, on the ground
+    rotation = camera.rotation()
+    in_camera = (points - [1.5, 0.0, 1.5]) @ rotation
+    pixels = camera.model().ray2pixel(in_camera)
+    assert pixels == pytest.approx(np.column_stack([columns[pick], rows[pick]]) + 0.5, abs=1e-6)
+    ahead = camera.model().ray2pixel((np.array([[10.0, 0.0, 0.0]]) - [1.5, 0.0, 1.5]) @ rotation)
+    assert ahead[0, 0] == pytest.approx(80.0) and ahead[0, 1] > 48.0
 
 
 def test_same_seed_same_data_other_seed_other_data(dataset: rawdata.RawDataset, tmp_path: Path):
