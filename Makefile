@@ -11,7 +11,7 @@ EXTRAS := --extra bench --extra dev --extra ray
 GPU_EXTRAS := --extra gpu --extra quant
 DEMO_DIR ?= demo_output
 
-.PHONY: demo test test-gpu sync uv lint clean-demo
+.PHONY: demo ablation test test-gpu sync uv lint clean-demo
 
 uv:
 	@[ -x "$(UV)" ] || bash scripts/install_uv.sh .tools/uv
@@ -22,6 +22,10 @@ sync: uv
 
 demo: sync
 	DEMO_DIR=$(DEMO_DIR) PYTHON=.venv/bin/python bash scripts/demo.sh
+
+# The demo with the ablation: also fine-tuned on video alone, on the same clips and test segments.
+ablation: sync
+	DEMO_DIR=$(DEMO_DIR) DEMO_ABLATION=1 PYTHON=.venv/bin/python bash scripts/demo.sh
 
 test: sync
 	"$(UV)" run --frozen --no-sync python -m pytest

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import ROOT, run_script
+from PIL import Image
 
 
 def _path_without_uv() -> str:
@@ -27,32 +28,43 @@ def test_uv_installs_from_inside_the_venv_without_pip(tmp_path):
     assert version.stdout.startswith("uv ")
 
 
-def test_make_demo_runs_the_pipeline_and_writes_reports(tmp_path):
+def test_make_ablation_runs_the_pipeline_and_writes_reports(tmp_path):
+    """`make ablation` is `make demo` with the video-only model beside the history one."""
     demo = tmp_path / "demo"
     env = {
         "DEMO_DIR": str(demo),
         "DEMO_CLIPS": "2",
         "DEMO_CLIP_SECONDS": "4",
-        "DEMO_MAX_STEPS": "3",
+        "DEMO_MAX_STEPS": "2",
         "DEMO_EVAL_SAMPLES": "2",
         # As when make runs inside the project's .venv: its python3 has no pip, no uv on PATH.
         "PATH": _path_without_uv(),
     }
-    result = run_script("make", "demo", f"DEMO_DIR={demo}", env=env, timeout=1500)
-    for name in ("base", "lora"):
-        report = demo / "eval" / name / "report.md"
-        assert report.is_file() and "| hold_last |" in report.read_text()
+    result = run_script("make", "ablation", f"DEMO_DIR={demo}", env=env, timeout=1500)
+    for name in ("zero-shot", "video", "history"):
+        report = (demo / "eval" / name / "report.md").read_text()
+        assert "| accel_and_curvature_rate |" in report and "Strongest baseline:" in report
         metrics = json.loads((demo / "eval" / name / "metrics.json").read_text())
         assert metrics["parse"]["total"] == 2
-    assert (demo / "merged" / "config.json").is_file()
-    assert (demo / "checkpoints" / "lora" / "adapter_model.safetensors").is_file()
+        gallery = json.loads((demo / "eval" / name / "gallery.json").read_text())
+        assert gallery["clips"] and not gallery["without_overlay"]  # synthetic clips: calibrated
+        assert all((demo / "eval" / name / p["image"]).is_file() for p in gallery["clips"])
+    for variant in ("video", "history"):
+        assert (demo / "checkpoints" / variant / "model.safetensors").is_file()
+    history = json.loads((demo / "checkpoints" / "history" / "prompt.json").read_text())
+    assert history["ego_history_seconds"] == 1 and history["history_hz"] == 10
+    rendered = list((demo / "predict_render").glob("*.png"))
+    assert len(rendered) == 1 and Image.open(rendered[0]).size == (320, 180)
     rows = {
         line.split("|")[1].strip(): line
         for line in result.stdout.splitlines()
         if line.startswith("| ")
     }
-    for name in ("zero-shot", "fine-tuned"):  # both models answer: every row has numbers
+    for name in ("zero-shot", "video-only", "video+history"):  # every model answers
         cells = [c.strip() for c in rows[name].split("|")[2:-1]]
         assert cells and all(c != "-" for c in cells), rows[name]
-    assert "fine-tuned ADE at 1 s is" in result.stdout and "reports:" in result.stdout
-    assert (demo / "eval" / "comparison.md").is_file()
+    assert "From zero-shot to video-only: ADE" in result.stdout
+    assert "From video-only to video+history: ADE" in result.stdout
+    assert "The strongest baseline is" in result.stdout and "reports:" in result.stdout
+    comparison = (demo / "eval" / "comparison.md").read_text()
+    assert "comparison_gallery/" in comparison
