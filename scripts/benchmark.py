@@ -167,8 +167,9 @@ def bench_prep(work: Path, repeats: int, resolutions: str) -> dict:
 # ---------------------------------------------------------------- loader, train, generate
 
 
-def prepare_inputs(work: Path, model_path: str | None) -> tuple[str, Path]:
-    """A tiny model (unless given) and training JSON from 2 synthetic 640x360 clips."""
+def prepare_inputs(work: Path, model_path: str | None, data: bool = True) -> tuple[str, Path]:
+    """A tiny model (unless given) and training JSON from 2 synthetic 640x360 clips (built only
+    with `data`)."""
     import subprocess
 
     scripts = Path(__file__).resolve().parent
@@ -181,7 +182,7 @@ def prepare_inputs(work: Path, model_path: str | None) -> tuple[str, Path]:
                 capture_output=True,
             )
     training = work / "training"
-    if not training.exists():
+    if data and not training.exists():
         steps = [
             [
                 "make_synthetic_data.py",
@@ -903,7 +904,13 @@ def run(args: argparse.Namespace) -> int:
             for n in args.segments.split(",")
         ]
     if set(wanted) & {"loader", "train", "generate"}:
-        model_path, train_json = prepare_inputs(work, args.model_path)
+        from qwenvl.model import resolve_device
+
+        # A published config off CUDA is only built and counted: it needs the tokenizer alone.
+        counted_only = (
+            wanted == ["train"] and args.model_config and resolve_device(args.device).type != "cuda"
+        )
+        model_path, train_json = prepare_inputs(work, args.model_path, data=not counted_only)
         for name, fn in (
             ("loader", bench_loader),
             ("train", bench_train),

@@ -68,9 +68,9 @@ def fine_tuned(tiny_model_dir, steady_data, tmp_path_factory) -> Path:
         steady_data,
         out,
         DEEPSPEED_CONFIG="",
-        MAX_STEPS=100,
+        MAX_STEPS=50,
         LR="3e-3",
-        SAVE_STEPS=100,
+        SAVE_STEPS=50,
     )
 
 
