@@ -96,21 +96,19 @@ def calibrations(args: argparse.Namespace) -> list[str | None]:
     return found * len(args.videos) if len(found) == 1 else found
 
 
-def render(video: str, pairs, calibration: str | None, folder: Path) -> tuple[Path, str | None]:
-    """Draw the predicted path on the clip's last frame; (the PNG, why it has no overlay)."""
+def render(
+    views, video: str, pairs, calibration: str | None, folder: Path
+) -> tuple[Path, str | None]:
+    """Draw the predicted path on the clip's last frame (through the calibration given, else
+    its segments folder's); (the PNG, why it has no overlay)."""
     from qwenvl.evaluate import overlay
+    from qwenvl.evaluate.gallery import draw_clip
 
-    frame = overlay.last_frame(video)
-    height, width = frame.shape[:2]
-    try:
-        if calibration is None:
-            calibration = overlay.Calibrations().of(video, Path(video).parent.name)
-        view, why = overlay.camera_view(calibration, width, height), None
-    except overlay.NoOverlay as err:
-        view, why = None, str(err)
-    caption = Path(video).name if why is None else f"{Path(video).name}: no overlay: {why}"
     paths = [("predicted", pairs, overlay.PREDICTED_COLOUR)] if pairs is not None else []
-    image = overlay.draw_paths(frame, view, paths, caption)
+    clip_id = Path(video).parent.name  # a prepared segment's: videos/<clip_id>/<segment>.mp4
+    # Each VIDEO is its own clip here: a given calibration is one VIDEO's, not its folder's.
+    key = video if calibration is not None else clip_id
+    image, why = draw_clip(views, video, key, paths, Path(video).name, calibration)
     path = folder / f"{Path(video).stem}.png"
     image.save(path)
     return path, why
@@ -244,12 +242,15 @@ def run(args: argparse.Namespace) -> int:
         disable=len(args.videos) < 2,
     )
     if args.render:
+        from qwenvl.evaluate.gallery import Views
+
         Path(args.render).mkdir(parents=True, exist_ok=True)
+        views = Views()  # each segments folder's calibration.parquet read once
     for video, history, calibration in clips:
         result = predict_one(loaded, video, history, args)
         failed += result["error"] is not None
         if args.render and result["error"] is None:
-            image, why = render(video, result["pairs"], calibration, Path(args.render))
+            image, why = render(views, video, result["pairs"], calibration, Path(args.render))
             result["render"] = str(image)
             if why:
                 tqdm.write(f"{video}: drawn without its path: {why}", file=sys.stderr)

@@ -153,6 +153,26 @@ def training_dir(segments_dir, tmp_path_factory) -> Path:
 SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
 
 
+def assert_two_ranks_evaluate_as_one(
+    model: Path, test_json: Path, tmp_path: Path, video: dict = SMALL_VIDEO
+) -> None:
+    """evaluate.py on two ranks writes the predictions and metrics one process writes (on the
+    GPUs where there are, else the CPU), at the `video` settings."""
+
+    def evaluate(out: Path, **env):
+        return run_script(
+            "scripts/evaluate.py", "--model-path", str(model), "--test-json", str(test_json),
+            "--max-samples", "5", "--batch-size", "2", "--output-dir", str(out),
+            env={**video, **env},
+        )  # fmt: skip
+
+    evaluate(tmp_path / "one")
+    two = evaluate(tmp_path / "two", NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
+    assert "x 2 ranks" in two.stdout
+    for name in ("predictions.jsonl", "metrics.json"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
 def launcher_env(model, data, out, **extra) -> dict:
     """The settings every launcher test runs with (small video, no workers), and `extra`."""
     return {

@@ -13,12 +13,10 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
-from conftest import ROOT, free_port, run_script
+from conftest import ROOT, assert_two_ranks_evaluate_as_one, run_script
 
 from qwenvl.prepare import rawdata
 from qwenvl.standins.synthetic import write_synthetic_dataset
-
-SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
 
 
 def _prepare(raw: Path, out: Path, *extra: str, **kwargs):
@@ -93,16 +91,4 @@ def test_prep_killed_midway_resumes_without_redoing_a_clip(tmp_path):
 
 
 def test_evaluation_on_two_ranks_equals_one_process(tiny_model_dir, training_dir, tmp_path):
-    def evaluate(out: Path, **env):
-        return run_script(
-            "scripts/evaluate.py", "--model-path", str(tiny_model_dir),
-            "--test-json", str(training_dir / "test.json"), "--max-samples", "5",
-            "--batch-size", "2", "--output-dir", str(out),
-            env={**SMALL_VIDEO, **env},
-        )  # fmt: skip
-
-    evaluate(tmp_path / "one")
-    two = evaluate(tmp_path / "two", NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
-    assert "x 2 ranks" in two.stdout
-    for name in ("predictions.jsonl", "metrics.json"):
-        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    assert_two_ranks_evaluate_as_one(tiny_model_dir, training_dir / "test.json", tmp_path)

@@ -53,17 +53,18 @@ def chosen(records: list[dict], buckets: bool = False) -> list[dict]:
 
 class Views:
     """Each clip's CameraView (or why it has none), found once per clip from the calibration
-    stored beside its segments."""
+    stored beside its segments, or from the one given."""
 
     def __init__(self) -> None:
         self.calibrations = overlay.Calibrations()
         self._views: dict[str, overlay.CameraView | str] = {}
 
-    def of(self, video: str, clip_id: str, width: int, height: int):
+    def of(self, video: str, clip_id: str, width: int, height: int, calibration: str | None = None):
         key = f"{clip_id}@{width}x{height}"
         if key not in self._views:
             try:
-                calibration = self.calibrations.of(video, clip_id)
+                if calibration is None:
+                    calibration = self.calibrations.of(video, clip_id)
                 self._views[key] = overlay.camera_view(calibration, width, height)
             except overlay.NoOverlay as err:
                 self._views[key] = str(err)
@@ -81,15 +82,27 @@ class Views:
         return {clip: reason for clip, reason in why.items() if reason}
 
 
-def draw_record(views: Views, record: dict, paths: list[tuple], caption: str):
-    """A record's last frame with `paths` (name, pairs, colour) drawn, or plain with the
-    reason in the caption where the clip has no overlay."""
-    frame = overlay.last_frame(record["video"])
+def draw_clip(
+    views: Views,
+    video: str,
+    clip_id: str,
+    paths: list[tuple],
+    caption: str,
+    calibration: str | None = None,
+):
+    """A clip's last frame with `paths` (name, pairs, colour) drawn, or plain with the reason
+    in the caption where the clip has no overlay; (the image, that reason or None)."""
+    frame = overlay.last_frame(video)
     height, width = frame.shape[:2]
-    view = views.of(record["video"], record["clip_id"], width, height)
+    view = views.of(video, clip_id, width, height, calibration)
     if isinstance(view, str):
-        return overlay.draw_paths(frame, None, [], f"{caption}; no overlay: {view}")
-    return overlay.draw_paths(frame, view, paths, caption)
+        return overlay.draw_paths(frame, None, [], f"{caption}; no overlay: {view}"), view
+    return overlay.draw_paths(frame, view, paths, caption), None
+
+
+def draw_record(views: Views, record: dict, paths: list[tuple], caption: str):
+    """A prediction record's last frame, drawn as draw_clip draws it."""
+    return draw_clip(views, record["video"], record["clip_id"], paths, caption)[0]
 
 
 def write_gallery(records: list[dict], output_dir: Path, buckets: bool = False) -> dict:

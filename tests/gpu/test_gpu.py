@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, run_script
+from conftest import assert_two_ranks_evaluate_as_one, free_port, run_script
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -213,16 +213,5 @@ def test_qlora_trains_evaluates_quantized_and_merges(tiny_model_dir, training_di
 def test_evaluation_on_two_gpus_over_nccl_equals_one(tiny_model_dir, training_dir, tmp_path):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
-
-    def evaluate(out: Path, **env):
-        return run_script(
-            "scripts/evaluate.py", "--model-path", str(tiny_model_dir), "--test-json",
-            str(training_dir / "test.json"), "--max-samples", "5", "--batch-size", "2",
-            "--output-dir", str(out), env={**SMALL_VIDEO, **env},
-        )  # fmt: skip
-
-    evaluate(tmp_path / "one")
-    two = evaluate(tmp_path / "two", NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
-    assert "x 2 ranks" in two.stdout
-    for name in ("predictions.jsonl", "metrics.json"):
-        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    test_json = training_dir / "test.json"
+    assert_two_ranks_evaluate_as_one(tiny_model_dir, test_json, tmp_path, SMALL_VIDEO)
