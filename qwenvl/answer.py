@@ -12,9 +12,8 @@ from typing import ClassVar
 import numpy as np
 
 from qwenvl.files import StoredSettings
+from qwenvl.task import HORIZON_PAIRS
 
-NUM_PAIRS = 30
-CLIP_FPS = 30
 # Integer digits an answer holds: |velocity| < 100 m/s, |curvature| < 10 1/m. Driving data
 # stays far inside (about 40 m/s; curvature mostly under 0.2 1/m, a 5 m turning radius); a
 # value beyond is written as the widest value of its sign (99.9, -9.999 at 1/3 decimals), so
@@ -89,7 +88,7 @@ def _decimal_strings(values: np.ndarray, decimals: int, digits: int):
     return pc.binary_join_element_wise(pc.if_else(pa.array(units < 0), "-", ""), text, "")
 
 
-def parse_pairs(text: str, expected: int = NUM_PAIRS) -> list[tuple[float, float]]:
+def parse_pairs(text: str, expected: int = HORIZON_PAIRS) -> list[tuple[float, float]]:
     """Parse answer text strictly: one list, nothing around it, exactly `expected` finite pairs."""
     stripped = text.strip()
     if not stripped:
@@ -133,7 +132,7 @@ class AnswerFormat(StoredSettings):
 
     def widest_answer(self) -> str:
         """The longest answer text this format writes (and its grammar accepts)."""
-        return self.format([(-1e9, -1e9)] * NUM_PAIRS)  # clipped to the widest values
+        return self.format([(-1e9, -1e9)] * HORIZON_PAIRS)  # clipped to the widest values
 
     def grammar(self) -> str:
         """EBNF (as xgrammar reads it) of exactly the answers this format writes: 30 pairs,
@@ -147,7 +146,7 @@ class AnswerFormat(StoredSettings):
 
         return "\n".join(
             [
-                f'root ::= "[" pair (", " pair){{{NUM_PAIRS - 1}}} "]"',
+                f'root ::= "[" pair (", " pair){{{HORIZON_PAIRS - 1}}} "]"',
                 'pair ::= "(" velocity ", " curvature ")"',
                 f"velocity ::= {number(VELOCITY_DIGITS, self.velocity_decimals)}",
                 f"curvature ::= {number(CURVATURE_DIGITS, self.curvature_decimals)}",

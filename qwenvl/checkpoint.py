@@ -8,11 +8,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from qwenvl.answer import AnswerFormat
 from qwenvl.chat import PromptSettings
 from qwenvl.files import StoredSettings
 from qwenvl.video import VideoSettings, describe_training_video
+
+
+@dataclass(frozen=True)
+class Tuning(StoredSettings):
+    """How a checkpoint was trained, stored with it as tuning.json: which parts trained, LoRA's
+    shape (None for full fine-tuning) and the quantization of a QLoRA base, which evaluation,
+    prediction and merging load it on."""
+
+    FILE: ClassVar[str] = "tuning.json"
+    tune_vision: bool
+    tune_mlp: bool
+    tune_llm: bool
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float | None = None
+    quantization: str | None = None
 
 
 @dataclass
@@ -21,7 +38,8 @@ class InferenceFiles:
     video: VideoSettings
     answer_format: AnswerFormat
     prompt: PromptSettings | None  # None: trained on files that do not record their prompt
-    tuning: StoredSettings | None = None  # qwenvl.train.settings.Tuning of a training run
+    tuning: Tuning | None = None
+    training: StoredSettings | None = None  # qwenvl.train.resume.TrainingRecord of a run
 
     def __post_init__(self) -> None:
         # Our own decoding passes its sampling and size explicitly, so this changes nothing
@@ -32,6 +50,6 @@ class InferenceFiles:
         self.processor.save_pretrained(directory)
         self.video.save(directory)
         self.answer_format.save(directory)
-        for settings in (self.prompt, self.tuning):
+        for settings in (self.prompt, self.tuning, self.training):
             if settings is not None:
                 settings.save(directory)

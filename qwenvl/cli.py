@@ -75,8 +75,8 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options every script that runs a model for answers shares."""
+def add_inference_arguments(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
+    """Options every script that runs a model shares (--dtype: those that answer with it)."""
     parser.add_argument(
         "--base-model",
         help="base model of a LoRA adapter (default: the one recorded in the adapter)",
@@ -85,6 +85,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         "--device",
         help="where the model runs: cpu, cuda or cuda:N (default: cuda when there is a GPU)",
     )
+    if not dtype:
+        return
     parser.add_argument(
         "--dtype",
         choices=["auto", "bf16", "fp32"],
@@ -103,4 +105,30 @@ def add_generation_arguments(parser: argparse.ArgumentParser, free_help: str) ->
     )
     parser.add_argument(
         "--no-constrained", dest="constrained", action="store_false", help=free_help
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="what generates the answers: transformers, or vLLM from its own environment "
+        "(make vllm; see docs/evaluation.md) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="transformers backend on CUDA: compile the decoding step (torch.compile); off by "
+        "default, since the first batch then waits for the compilation",
+    )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="vLLM backend: GPUs one model is spread over (vLLM's own tensor parallelism) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--vllm-merged-dir",
+        help="vLLM backend: where an adapter vLLM cannot serve as it is (it trains the "
+        "projector in full, or its base is 4-bit) is merged in fp32 first (default: a folder "
+        "beside the adapter, NAME-merged-fp32)",
     )

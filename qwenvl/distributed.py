@@ -48,13 +48,48 @@ def gather_in_order(indexed: list[tuple[int, T]], world: int) -> list[T]:
     return [result for _, result in sorted(indexed, key=lambda pair: pair[0])]
 
 
+def die_with_parent() -> None:
+    """A torchrun worker dies with its agent (Linux): torchrun starts workers in sessions of
+    their own, so a killed launcher would leave them training on, into the same OUTPUT_DIR as
+    the relaunch that follows a crash."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the agent died before the call: nobody waits for this rank
+        os._exit(1)
+
+
 def relaunch_under_torchrun(script: str, argv: list[str]) -> None:
-    """NPROC_PER_NODE=N without torchrun: run `script` again under torchrun, N ranks."""
-    nproc = int(os.environ.get("NPROC_PER_NODE", "1") or 1)
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        command += ["--nproc_per_node", str(nproc), script, *argv]
-        os.execv(sys.executable, command)
+    """NPROC_PER_NODE=N without torchrun: run `script` again under torchrun, N ranks, through
+    qwenvl.train.torchrun (a rank's user error ends the job with its one line). torchrun picks
+    a free port itself unless MASTER_PORT is set, which is then used as given. A bad
+    NPROC_PER_NODE or MASTER_PORT is one line, exit status 2."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    values = {}
+    for name, low, high in (("NPROC_PER_NODE", 1, None), ("MASTER_PORT", 1, 65535)):
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
+        if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+            bounds = f"{low}..{high}" if high else f"at least {low}"
+            print(f"error: {name}={raw}: expected an integer, {bounds}", file=sys.stderr)
+            sys.exit(2)
+        values[name] = int(raw)
+    nproc = values.get("NPROC_PER_NODE", 1)
+    if nproc > 1:
+        command = [sys.executable, "-m", "qwenvl.train.torchrun", "--nproc_per_node", str(nproc)]
+        if "MASTER_PORT" in values:
+            addr = os.environ.get("MASTER_ADDR") or "127.0.0.1"
+            command += ["--master_addr", addr, "--master_port", str(values["MASTER_PORT"])]
+        else:
+            command.append("--standalone")
+        os.execv(sys.executable, [*command, script, *argv])
 
 
 def leave(status: int, hard_exit: bool = False) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -41,6 +42,38 @@ def check_apart(output: str | Path, inputs: dict[str, str | Path | None]) -> Non
         )
 
 
+def file_folders(paths, base: str | Path = ".") -> set[str]:
+    """The absolute folders (normalised, not resolved) of many file paths, relative ones taken
+    from `base`: a million segment paths cost their few thousand folders' joins."""
+    base = os.path.abspath(base)
+    folders = {os.path.dirname(p) for p in paths if isinstance(p, str)}
+    return {os.path.normpath(os.path.join(base, folder)) for folder in folders}
+
+
+def check_apart_from_files(output: str | Path, what: str, folders: set[str]) -> None:
+    """UserError when the output is, contains, or lies inside a folder holding input files
+    (`what` names them for the message: "the videos of --test-json", say); `folders` as
+    file_folders gives them."""
+    folders = {folder for folder in folders if os.path.isdir(folder)}  # what exists can be lost
+    out = os.path.normpath(os.path.abspath(Path(output).expanduser()))
+    candidates = {out, os.path.realpath(out)}
+    for candidate in candidates:
+        ancestors = [candidate]
+        while os.path.dirname(ancestors[-1]) != ancestors[-1]:
+            ancestors.append(os.path.dirname(ancestors[-1]))
+        hit = next((a for a in ancestors if a in folders), None)
+        relation = "is" if hit == candidate else "lies inside"
+        if hit is None:
+            prefix = candidate.rstrip(os.sep) + os.sep
+            hit = next((f for f in folders if f.startswith(prefix)), None)
+            relation = "contains"
+        if hit is not None:
+            raise UserError(
+                f"{output}: the output {relation} the folder {hit} of {what}; choose an output "
+                "folder apart from every input"
+            )
+
+
 def missing_files(paths: list[str], listings: dict[str, set]) -> np.ndarray:
     """Which of `paths` are not in their folder, each folder listed once (`listings` caches
     the listings across calls): a million segment files cost their folders' listings, not a
@@ -54,15 +87,42 @@ def missing_files(paths: list[str], listings: dict[str, set]) -> np.ndarray:
     return missing
 
 
+OUTPUT_MARK = ".qwenvl-output"  # in every output folder a script writes whole
+
+
 def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """The output path, or UserError when it already holds something and overwrite is off."""
+    """The output path, or UserError when it holds something and overwrite is off, is a file,
+    or holds what no script of this project wrote (--overwrite-output replaces only an output
+    folder of ours, never a user's own files)."""
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise UserError(
-            f"{path}: output already exists and is not empty (pass --overwrite-output to "
-            "replace it)"
-        )
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file, not an output folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise UserError(
+                f"{path}: output already exists and is not empty (pass --overwrite-output to "
+                "replace it)"
+            )
+        if not (path / OUTPUT_MARK).is_file():
+            raise UserError(
+                f"{path}: holds files this project did not write; --overwrite-output replaces "
+                "only an output folder of ours: empty it or choose another"
+            )
     return path
+
+
+def writable_parent(path: str | Path) -> None:
+    """UserError when the folder an output would be made in cannot be written."""
+    parent = Path(path).expanduser().absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot be written ({parent} is read-only for this user)")
+
+
+def mark_output(folder: Path, script: str) -> None:
+    """Mark a folder as an output of this project (check_output_dir lets it be replaced)."""
+    (folder / OUTPUT_MARK).write_text(json.dumps({"written_by": script}) + "\n")
 
 
 @contextmanager
@@ -73,6 +133,7 @@ def atomic_output_dir(path: str | Path, overwrite: bool) -> Iterator[Path]:
     looks complete.
     """
     final = check_output_dir(path, overwrite)
+    writable_parent(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
@@ -80,6 +141,7 @@ def atomic_output_dir(path: str | Path, overwrite: bool) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        mark_output(tmp, Path(sys.argv[0]).name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -31,24 +31,46 @@ def resolve_device(requested: str | None = None) -> torch.device:
     return device
 
 
-def pick_attention(device: torch.device) -> str:
-    """flash_attention_2 when it loads and runs on CUDA here, else sdpa. A flash-attn that is
-    installed but cannot load (built against another torch or CUDA: an undefined symbol) is
-    one log line and sdpa, not a crash at model load."""
-    if device.type != "cuda" or importlib.util.find_spec("flash_attn") is None:
-        return "sdpa"
+FLASH_DTYPES = (torch.bfloat16, torch.float16)
+FLASH_MIN_CAPABILITY = (8, 0)  # flash-attn 2 runs on Ampere and newer
+
+
+def attention_choice(
+    device: torch.device, dtype: torch.dtype, capability: tuple[int, int] | None = None
+) -> tuple[str, str]:
+    """(kernel, why): flash_attention_2 only for bf16 or fp16 weights on a CUDA GPU of compute
+    capability 8.0 or newer where flash-attn loads; sdpa otherwise, with the reason. The
+    capability is the device's own unless given."""
+    if device.type != "cuda":
+        return "sdpa", f"flash-attn runs on CUDA only, not {device.type}"
+    if dtype not in FLASH_DTYPES:
+        return "sdpa", f"flash-attn takes bf16 or fp16, not {str(dtype).removeprefix('torch.')}"
+    if capability is None:
+        capability = torch.cuda.get_device_capability(device)
+    if tuple(capability) < FLASH_MIN_CAPABILITY:
+        major, minor = capability
+        return "sdpa", f"flash-attn 2 needs compute capability 8.0+, this GPU has {major}.{minor}"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "sdpa", "flash-attn is not installed (uv sync --extra gpu)"
     try:
         from flash_attn import flash_attn_func  # noqa: F401  (loads the compiled kernels)
     except Exception as err:  # ImportError, OSError: whatever the broken build raises
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        logger.warning("flash-attn is installed but does not load (%s); attention sdpa", reason)
-        return "sdpa"
+        return "sdpa", f"flash-attn is installed but does not load ({reason})"
     from transformers.utils import is_flash_attn_2_available
 
     if not is_flash_attn_2_available():
-        logger.warning("flash-attn loads, but transformers cannot use it here; attention sdpa")
-        return "sdpa"
-    return "flash_attention_2"
+        return "sdpa", "flash-attn loads, but transformers cannot use it here"
+    return "flash_attention_2", "flash-attn loads and runs here"
+
+
+def pick_attention(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str:
+    """The attention kernel for weights of `dtype` on `device` (attention_choice), with one log
+    line saying why where flash-attn was wanted and is not used."""
+    kernel, why = attention_choice(device, dtype)
+    if kernel == "sdpa" and device.type == "cuda":
+        logger.warning("attention sdpa: %s", why)
+    return kernel
 
 
 def use_device(device: torch.device) -> None:
@@ -98,7 +120,7 @@ def load_model(
     """
     runs_on = device if device is not None else resolve_device()
     dtype = dtype or (torch.bfloat16 if runs_on.type == "cuda" else torch.float32)
-    attn = attn_implementation or pick_attention(runs_on)
+    attn = attn_implementation or pick_attention(runs_on, dtype)
     device_map = {"": runs_on} if device is not None else None
     if quantization is not None and device is None:
         # Training: the 4-bit weights go to this rank's GPU.

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from qwenvl.answer import CLIP_FPS
 from qwenvl.files import StoredSettings
+from qwenvl.task import CLIP_FPS, CLIP_FRAMES
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +32,7 @@ class VideoSettings(StoredSettings):
     video_settings.json in every checkpoint; evaluation and prediction read it from there."""
 
     FILE: ClassVar[str] = "video_settings.json"
-    fps: float = 30.0
+    fps: float = float(CLIP_FPS)
     """Frames per second sampled from the clip (the clip's own rate keeps every frame)."""
     min_frames: int = 16
     """Fewest frames sampled per clip."""
@@ -122,7 +122,7 @@ def decode_video(
         rate = stream.average_rate or stream.guessed_rate
     if not frames:
         raise ValueError(f"{path}: no video frames")
-    return np.stack(frames), float(rate) if rate else 30.0
+    return np.stack(frames), float(rate) if rate else float(CLIP_FPS)
 
 
 def prepare_clip(
@@ -166,7 +166,7 @@ def describe_training_video(processor, settings: VideoSettings) -> None:
     Qwen3-VL's video processor bounds the pixels of the whole clip (frames x height x width),
     ours bound each frame; for the 1-second, 30 FPS segments both give the same size.
     """
-    frames = len(sample_indices(CLIP_FPS, CLIP_FPS, settings))
+    frames = len(sample_indices(CLIP_FRAMES, CLIP_FPS, settings))
     video_processor = processor.video_processor
     video_processor.fps = settings.fps
     video_processor.min_frames = settings.min_frames

@@ -17,7 +17,7 @@ from pathlib import Path
 from qwenvl.cli import UserError, run_script
 from qwenvl.evaluate.gallery import side_by_side
 from qwenvl.evaluate.report import comparison_table, standing, steps
-from qwenvl.files import atomic_write_text, check_apart
+from qwenvl.files import atomic_write_text, check_apart, writable_parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,7 +29,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a name for the table and an output folder of evaluate.py",
     )
     parser.add_argument("--output", help="also write this Markdown file (table, verdicts, plots)")
+    parser.add_argument(
+        "--overwrite-output",
+        action="store_true",
+        help="replace an existing --output (and its side-by-side gallery)",
+    )
     return parser.parse_args(argv)
+
+
+def read_metrics(path: Path) -> dict:
+    """An evaluation's metrics.json; UserError naming the file when it is not one."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err}); evaluate that model again") from None
+    missing = [k for k in ("parse", "model", "baselines") if not isinstance(metrics.get(k), dict)]
+    if not isinstance(metrics, dict) or missing:
+        raise UserError(f"{path}: not an evaluation's metrics (no {', '.join(missing)})")
+    return metrics
 
 
 def load(specs: list[str]) -> dict[str, tuple[Path, dict]]:
@@ -41,7 +58,7 @@ def load(specs: list[str]) -> dict[str, tuple[Path, dict]]:
         path = Path(folder) / "metrics.json"
         if not path.is_file():
             raise UserError(f"{path}: not found (run evaluate.py first)")
-        loaded[name] = (Path(folder), json.loads(path.read_text()))
+        loaded[name] = (Path(folder), read_metrics(path))
     sets = {name: m.get("test_set") for name, (_, m) in loaded.items()}
     if None not in sets.values() and len({s["ids_sha256"] for s in sets.values()}) > 1:
         described = ", ".join(
@@ -70,10 +87,24 @@ def gallery_lines(loaded: dict[str, tuple[Path, dict]], output: Path) -> list[st
     return side_by_side(evaluations, output.parent, f"{output.stem}_gallery")
 
 
+def check_output_file(output: Path, overwrite: bool) -> None:
+    """--output must be a file path, replaced only with --overwrite-output."""
+    if output.is_dir():
+        raise UserError(f"--output {output}: is a folder; name the Markdown file to write")
+    gallery = output.parent / f"{output.stem}_gallery"
+    if (output.exists() or gallery.exists()) and not overwrite:
+        raise UserError(
+            f"--output {output}: already exists (pass --overwrite-output to replace it and "
+            f"{gallery.name}/)"
+        )
+    writable_parent(output)
+
+
 def run(args: argparse.Namespace) -> int:
     loaded = load(args.evaluations)
     if args.output:
         check_apart(args.output, {f"{name}=": folder for name, (folder, _) in loaded.items()})
+        check_output_file(Path(args.output), args.overwrite_output)
     metrics = {name: m for name, (_, m) in loaded.items()}
     table = comparison_table(metrics)
     verdicts = [standing(metrics, name) for name in metrics] + steps(metrics)

@@ -27,7 +27,7 @@ from qwenvl.cli import UserError, run_script
 from qwenvl.data import SPLIT_FILES
 from qwenvl.data.samples import write_training_file
 from qwenvl.files import atomic_output_dir, check_apart
-from qwenvl.prepare.writer import SOURCE
+from qwenvl.layout import OLD_SEGMENTS_SOURCE, SEGMENTS_SOURCE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,8 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = Path(args.input_dir) / SOURCE
-    segments = json.loads(source.read_text())["segments_dir"] if source.is_file() else None
+    segments = segments_of(Path(args.input_dir))
     check_apart(args.output_dir, {"--input-dir": args.input_dir, "its segments": segments})
     try:
         dataset = load_from_disk(args.input_dir)
@@ -66,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         for split, filename in SPLIT_FILES.items():
             rows = dataset[split] if split in dataset else None
             with tqdm(total=len(rows or ()), desc=f"converting {split}", unit="sample") as bar:
-                problems = write_training_file(tmp / filename, batches(rows, output_dir, bar))
+                problems = write_training_file(
+                    tmp / filename, batches(rows, output_dir, bar), prompt
+                )
             counts[filename] = problems.total()
             warn_problems(filename, problems)
         answer_format.save(tmp)
@@ -75,6 +76,18 @@ def run(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{name} {n}" for name, n in counts.items())
     print(f"{summary} samples -> {output_dir}")
     return 0
+
+
+def segments_of(dataset_dir: Path) -> str | None:
+    """The segments folder a dataset was built from (its rows point at their videos)."""
+    for name in (SEGMENTS_SOURCE, OLD_SEGMENTS_SOURCE):
+        source = dataset_dir / name
+        if source.is_file():
+            try:
+                return json.loads(source.read_text())["segments_dir"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return None
 
 
 def batches(rows, output_dir: Path, bar: tqdm, size: int = 8192) -> Iterator[tuple]:

@@ -23,7 +23,16 @@ from qwenvl.cli import UserError, add_generation_arguments, add_inference_argume
 from qwenvl.data.samples import load_samples, mean_pairs
 from qwenvl.evaluate.predictions import predict_samples, test_set, write_predictions
 from qwenvl.evaluate.report import metrics_table, score, write_report
-from qwenvl.files import atomic_output_dir, check_apart, check_output_dir
+from qwenvl.files import (
+    atomic_output_dir,
+    check_apart,
+    check_apart_from_files,
+    check_output_dir,
+    file_folders,
+    writable_parent,
+)
+from qwenvl.inference.backend import open_for_script
+from qwenvl.inference.spec import read_spec
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,31 +111,57 @@ def check_prompt(args: argparse.Namespace, model_prompt: PromptSettings | None) 
         )
 
 
+def once_each(samples, test_json: str):
+    """The samples with each id once (the first), and a line when the test file repeats ids:
+    a repeated sample would be scored as many times as it appears."""
+    ids = samples.column("id", fill=None)
+    _, first = np.unique(ids.astype(str), return_index=True)
+    if len(first) == len(samples):
+        return samples
+    print(
+        f"note: {test_json}: {len(samples) - len(first)} samples repeat the id of an earlier "
+        "one; each id is scored once",
+        file=sys.stderr,
+    )
+    return samples.subset(np.sort(first))
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.backend == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(
+            "--backend vllm spreads a model over GPUs itself (--tensor-parallel-size): run "
+            "evaluate.py as one process, without NPROC_PER_NODE or torchrun"
+        )
     rank, world = distributed.rank_and_world()
+    try:
+        spec = read_spec(args.model_path, args.base_model, Path(args.test_json).parent)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    samples = once_each(read_samples(Path(args.test_json), args.max_samples), args.test_json)
     inputs = {
-        "--model-path": args.model_path,
-        "--base-model": args.base_model,
+        **spec.local_inputs(),
         "--test-json's folder": Path(args.test_json).parent,
         "--train-json's folder": Path(args.train_json).parent if args.train_json else None,
     }
     check_apart(args.output_dir, inputs)
+    # Video paths as stored: relative to the test file's folder (absolute ones stay so).
+    videos = file_folders(samples.column("video", fill=None).tolist(), Path(args.test_json).parent)
+    check_apart_from_files(args.output_dir, f"the videos of {args.test_json}", videos)
     check_output_dir(args.output_dir, args.overwrite_output)
-    samples = read_samples(Path(args.test_json), args.max_samples)
+    writable_parent(args.output_dir)
     if not samples:
         raise UserError(f"{args.test_json}: no samples")
+    check_prompt(args, spec.prompt)
     if world > 1 and args.device is None and torch.cuda.is_available():
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"  # one GPU per rank
-    from qwenvl.inference.load import load_for_script
-
-    loaded = load_for_script(args, args.model_path, data_dir=Path(args.test_json).parent)
-    check_prompt(args, loaded.prompt)
+    backend = open_for_script(args, spec)
     ranks = f" x {world} ranks" if world > 1 else ""
     if rank == 0:
-        print(f"{args.model_path}: {loaded.describe()}{ranks}")
+        print(f"{args.model_path}: {backend.describe()}{ranks}")
     records, unscored = predict_samples(
-        loaded, samples, rank, world, args.batch_size, args.max_new_tokens, args.constrained
+        backend, samples, rank, world, args.batch_size, args.max_new_tokens, args.constrained
     )
+    backend.close()
     if rank != 0:
         return 0
     for number, (sample_id, why) in enumerate(unscored.items()):
@@ -136,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.test_json}: no sample could be answered ({len(unscored)} not)")
     metrics = score(records, train_future(args))
     metrics["model_path"] = args.model_path
+    metrics["backend"] = backend.name
     metrics["decoding"] = "constrained" if args.constrained else "free"
     metrics["test_set"] = test_set(args.test_json, samples)
     metrics["unscored"] = {"count": len(unscored), "samples": unscored}
@@ -163,4 +199,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     distributed.relaunch_under_torchrun(__file__, sys.argv[1:])
+    distributed.die_with_parent()
     sys.exit(main())

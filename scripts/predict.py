@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from qwenvl.cli import UserError, add_generation_arguments, add_inference_arguments, run_script
-from qwenvl.files import check_apart
+from qwenvl.files import check_apart, check_apart_from_files, file_folders, writable_parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,11 +35,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_generation_arguments(
         parser, "free decoding instead of constraining the answer to the answer grammar"
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="clips per generation batch (default: %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per clip")
     parser.add_argument(
         "--render",
         metavar="DIR",
         help="write each clip's last frame with the predicted path drawn on it as DIR/<clip>.png",
+    )
+    parser.add_argument(
+        "--overwrite-output",
+        action="store_true",
+        help="with --render, replace PNGs of the same names already in DIR",
     )
     parser.add_argument(
         "--calibration",
@@ -54,13 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         metavar="PAIRS_OR_FILE",
         help="for a model trained with ego history in its prompt, each clip's past (speed, "
-        "curvature), oldest first: inline '[(12.3, 0.004), ...]', or a JSON file ([[v, c], ...] "
-        'or {"speed": [...], "curvature": [...]}) or a CSV file (columns speed, curvature); '
-        "once per VIDEO, in their order",
+        "curvature) pairs, oldest first, once per VIDEO in their order: inline "
+        "'[(12.3, 0.004), ...]', a JSON file of [[speed, curvature], ...] or of "
+        '{"speed": [...], "curvature": [...]}, or a CSV file with columns speed and curvature',
     )
     args = parser.parse_args(argv)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error("--max-new-tokens must be positive")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be positive")
     if args.calibration and not args.render:
         parser.error("--calibration is for --render")
     if args.calibration and len(args.calibration) not in (1, len(args.videos)):
@@ -71,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def dataset_calibration(spec: str) -> str:
     """A clip's calibration (JSON) from the downloaded dataset, DATA_DIR:CLIP_ID; empty where
     the dataset has none for it."""
-    from qwenvl.prepare.rawdata import RawDataset
+    from qwenvl.prepare.rawdata import NoCalibration, RawDataset
 
     root, sep, clip_id = spec.rpartition(":")
     if not sep or not root or not clip_id:
@@ -83,8 +96,10 @@ def dataset_calibration(spec: str) -> str:
         raise UserError(f"--calibration {spec}: {str(err).splitlines()[0]}") from None
     except KeyError:
         raise UserError(f"--calibration {spec}: {clip_id} is not in {root}'s clip index") from None
-    found = dataset.calibration(clip_id, chunk)
-    return json.dumps(found) if found else ""
+    try:
+        return json.dumps(dataset.calibration(clip_id, chunk))
+    except NoCalibration:
+        return ""
 
 
 def calibrations(args: argparse.Namespace) -> list[str | None]:
@@ -96,9 +111,27 @@ def calibrations(args: argparse.Namespace) -> list[str | None]:
     return found * len(args.videos) if len(found) == 1 else found
 
 
-def render(
-    views, video: str, pairs, calibration: str | None, folder: Path
-) -> tuple[Path, str | None]:
+def check_render(args: argparse.Namespace, spec) -> None:
+    """--render DIR: a folder apart from every input (the model, each VIDEO's folder), and no
+    PNG it would write already there unless --overwrite-output."""
+    folder = Path(args.render)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--render {folder}: is a file, not a folder")
+    check_apart(folder, spec.local_inputs())
+    check_apart_from_files(folder, "the VIDEOs", file_folders([str(Path(v)) for v in args.videos]))
+    stems = [Path(v).stem for v in args.videos]
+    if len(set(stems)) < len(stems):
+        raise UserError("--render: two VIDEOs share a file name; their PNGs would collide")
+    existing = [folder / f"{stem}.png" for stem in stems if (folder / f"{stem}.png").exists()]
+    if existing and not args.overwrite_output:
+        raise UserError(
+            f"--render: {existing[0]} already exists ({len(existing)} of the PNGs would be "
+            "replaced); pass --overwrite-output to replace them"
+        )
+    writable_parent(folder / "x.png")
+
+
+def render(views, video: str, pairs, calibration: str | None, folder: Path):
     """Draw the predicted path on the clip's last frame (through the calibration given, else
     its segments folder's); (the PNG, why it has no overlay)."""
     from qwenvl.evaluate import overlay
@@ -110,34 +143,16 @@ def render(
     key = video if calibration is not None else clip_id
     image, why = draw_clip(views, video, key, paths, Path(video).name, calibration)
     path = folder / f"{Path(video).stem}.png"
-    image.save(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
     return path, why
-
-
-def to_one_second(frames: np.ndarray, fps: float, count: int = 30) -> tuple[np.ndarray, float]:
-    """The last second of a clip as exactly `count` frames, and the fps that makes them 1 s."""
-    if len(frames) == count and abs(fps - count) < 0.5:
-        return frames, fps
-    last_second = frames[-max(1, int(round(fps))) :]
-    indices = np.linspace(0, len(last_second) - 1, count).round().astype(int)
-    return last_second[indices], float(count)
-
-
-def stored_prompt(model_path: str):
-    """The prompt stored with a local model (None for a hub id or a model without one)."""
-    from qwenvl.chat import PromptSettings
-
-    path = Path(model_path)
-    try:
-        return PromptSettings.load(path) if path.is_dir() else None
-    except ValueError as err:
-        raise UserError(str(err)) from None
 
 
 def histories(args: argparse.Namespace, prompt) -> list[np.ndarray | None]:
     """Each clip's ego history as the model's prompt wants it, read before any model loads;
     a history missing, extra, or of the wrong length is one line."""
-    wanted = prompt.history_pairs if prompt is not None else 0
+    wanted = prompt.history_pairs
     given = args.ego_history or []
     if not wanted:
         if given:
@@ -156,10 +171,12 @@ def histories(args: argparse.Namespace, prompt) -> list[np.ndarray | None]:
 
 
 def read_history(spec: str, count: int) -> np.ndarray:
-    """(count, 2) pairs from inline text or a JSON or CSV file."""
+    """(count, 2) pairs from inline text, or a JSON or CSV file, in the shapes --ego-history
+    documents; anything else is one line."""
     from qwenvl.answer import AnswerParseError, parse_pairs
 
     path = Path(spec)
+    shape = "[[speed, curvature], ...] pairs"
     try:
         if spec.lstrip().startswith("["):
             return np.array(parse_pairs(spec, expected=count))
@@ -174,7 +191,9 @@ def read_history(spec: str, count: int) -> np.ndarray:
             data = json.loads(path.read_text())
             if isinstance(data, dict):
                 data = list(zip(data["speed"], data["curvature"], strict=True))
-            pairs = np.array(data, dtype=np.float64).reshape(-1, 2)
+            pairs = np.array(data, dtype=np.float64)
+            if pairs.ndim != 2 or pairs.shape[1] != 2:
+                raise ValueError(f"not a list of {shape} nor {{speed, curvature}} lists")
     except (AnswerParseError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"--ego-history {spec}: {str(err).splitlines()[0]}") from None
     if pairs.shape != (count, 2) or not np.isfinite(pairs).all():
@@ -182,34 +201,12 @@ def read_history(spec: str, count: int) -> np.ndarray:
     return pairs
 
 
-def read_clip(video: str, settings) -> tuple[tuple[np.ndarray, float] | None, str | None]:
-    """(the clip as 30 frames over 1 s, None), or (None, why it cannot be read)."""
-    from qwenvl.inference.generate import decode_problem
-    from qwenvl.video import decode_video
-
-    if not Path(video).is_file():
-        return None, "not found"
-    try:
-        return to_one_second(*decode_video(video, settings)), None
-    except Exception as err:  # PyAV raises many kinds (InvalidDataError, EOFError, ...)
-        return None, f"cannot decode ({decode_problem(err)})"
-
-
-def predict_one(loaded, video: str, history, args: argparse.Namespace) -> dict:
+def result_of(video: str, text: str | None, error: str | None) -> dict:
     """One clip's result: pairs, or the decode or parse error, with the raw text."""
     from qwenvl.answer import AnswerParseError, parse_pairs
-    from qwenvl.inference.generate import generate_answers
 
-    clip, error = read_clip(video, loaded.settings)
-    if clip is None:
+    if text is None:
         return {"video": video, "pairs": None, "error": error, "raw_text": None}
-    text = generate_answers(
-        loaded,
-        [clip],
-        [loaded.user_prompt().user_text(history, loaded.answer_format)],
-        max_new_tokens=args.max_new_tokens,
-        constrained=args.constrained,
-    )[0]
     try:
         return {"video": video, "pairs": parse_pairs(text), "error": None, "raw_text": text}
     except AnswerParseError as err:
@@ -221,49 +218,79 @@ def predict_one(loaded, video: str, history, args: argparse.Namespace) -> dict:
         }
 
 
-def run(args: argparse.Namespace) -> int:
-    from qwenvl.inference.load import load_for_script
+def predict_batch(backend, batch: list[tuple[str, np.ndarray | None]], args) -> list[dict]:
+    """The results of a batch of (VIDEO, its history): the clips that decode answered together."""
+    from qwenvl.inference.backend import Request
+    from qwenvl.inference.clips import ClipUnreadable, any_clip
 
-    per_clip = histories(args, stored_prompt(args.model_path))
+    spec = backend.spec
+    requests, order, results = [], [], {}
+    for number, (video, history) in enumerate(batch):
+        try:
+            frames, fps = any_clip(video, spec.video)
+        except ClipUnreadable as err:
+            results[number] = result_of(video, None, str(err))
+            continue
+        text = spec.user_prompt().user_text(history, spec.answer_format)
+        requests.append(Request(frames, fps, text))
+        order.append(number)
+    if requests:
+        answers = backend.answer(requests, args.constrained, args.max_new_tokens)
+        for number, answer in zip(order, answers, strict=True):
+            results[number] = result_of(batch[number][0], answer.text, None)
+    return [results[number] for number in range(len(batch))]
+
+
+def run(args: argparse.Namespace) -> int:
+    from qwenvl.inference.backend import open_for_script
+    from qwenvl.inference.spec import read_spec
+
+    try:
+        spec = read_spec(args.model_path, args.base_model)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    per_clip = histories(args, spec.user_prompt())
     if args.render:
-        check_apart(args.render, {"--model-path": args.model_path})
-        stems = [Path(v).stem for v in args.videos]
-        if len(set(stems)) < len(stems):
-            raise UserError("--render: two VIDEOs share a file name; their PNGs would collide")
+        check_render(args, spec)
     clip_calibrations = calibrations(args)
-    loaded = load_for_script(args, args.model_path)
-    print(f"{args.model_path}: {loaded.describe()}", file=sys.stderr)
-    fmt = loaded.answer_format
-    failed = 0
-    clips = tqdm(
-        list(zip(args.videos, per_clip, clip_calibrations, strict=True)),
-        desc="predicting",
-        unit="clip",
-        disable=len(args.videos) < 2,
-    )
+    backend = open_for_script(args, spec)
+    print(f"{args.model_path}: {backend.describe()}", file=sys.stderr)
     if args.render:
         from qwenvl.evaluate.gallery import Views
 
         Path(args.render).mkdir(parents=True, exist_ok=True)
         views = Views()  # each segments folder's calibration.parquet read once
-    for video, history, calibration in clips:
-        result = predict_one(loaded, video, history, args)
-        failed += result["error"] is not None
-        if args.render and result["error"] is None:
-            image, why = render(views, video, result["pairs"], calibration, Path(args.render))
-            result["render"] = str(image)
-            if why:
-                tqdm.write(f"{video}: drawn without its path: {why}", file=sys.stderr)
-        # tqdm.write keeps each line whole beside the progress bar.
-        if args.json:
-            tqdm.write(json.dumps(result), file=sys.stdout)
-        elif result["error"] is not None:
-            tqdm.write(f"error: {video}: {result['error']}", file=sys.stderr)
-        else:
-            tqdm.write(f"{video}: {fmt.format(result['pairs'])}", file=sys.stdout)
+    failed = 0
+    clips = list(zip(args.videos, per_clip, clip_calibrations, strict=True))
+    with tqdm(total=len(clips), desc="predicting", unit="clip", disable=len(clips) < 2) as bar:
+        for start in range(0, len(clips), args.batch_size):
+            batch = clips[start : start + args.batch_size]
+            results = predict_batch(backend, [(v, h) for v, h, _ in batch], args)
+            for (video, _, calibration), result in zip(batch, results, strict=True):
+                failed += result["error"] is not None
+                if args.render and result["error"] is None:
+                    image, why = render(
+                        views, video, result["pairs"], calibration, Path(args.render)
+                    )
+                    result["render"] = str(image)
+                    if why:
+                        tqdm.write(f"{video}: drawn without its path: {why}", file=sys.stderr)
+                report(result, args.json, spec.answer_format)
+            bar.update(len(batch))
+    backend.close()
     if failed:
         print(f"{failed} of {len(args.videos)} clips failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def report(result: dict, as_json: bool, answer_format) -> None:
+    """One clip's line (tqdm.write keeps each line whole beside the progress bar)."""
+    if as_json:
+        tqdm.write(json.dumps(result), file=sys.stdout)
+    elif result["error"] is not None:
+        tqdm.write(f"error: {result['video']}: {result['error']}", file=sys.stderr)
+    else:
+        tqdm.write(f"{result['video']}: {answer_format.format(result['pairs'])}", file=sys.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,10 +26,10 @@ from qwenvl.answer import AnswerFormat
 from qwenvl.chat import PromptSettings
 from qwenvl.cli import UserError, run_script
 from qwenvl.files import atomic_output_dir, atomic_write_text, check_apart, check_output_dir
+from qwenvl.layout import MANIFEST, RAW_SOURCE, SEGMENTS_SOURCE
 from qwenvl.prepare.hf_dataset import build_dataset
 from qwenvl.prepare.rawdata import DEFAULT_CAMERA, RawDataset, read_split_labels
 from qwenvl.prepare.splits import official_assignment, split_clips
-from qwenvl.prepare.writer import MANIFEST, SOURCE
 
 DROPPED_FOR_HISTORY = "dropped_for_history.json"
 
@@ -101,6 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--val-fraction and --test-fraction must lie in [0, 1)")
     if args.val_fraction + args.test_fraction >= 1:
         parser.error("--val-fraction + --test-fraction must leave clips for training")
+    if not (math.isfinite(args.ego_history) and 0 <= args.ego_history <= 3600):
+        parser.error("--ego-history: seconds in [0, 3600]")
+    if not (math.isfinite(args.history_hz) and 0 < args.history_hz <= 1000):
+        parser.error("--history-hz: a rate in (0, 1000]")
     if args.split_name and args.split != "official":
         parser.error("--split-name picks an official split: drop --split by-clip")
     return args
@@ -109,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def raw_dataset(args: argparse.Namespace) -> RawDataset:
     """The dataset the segments were cut from (their clips' egomotion holds the history)."""
     root = data_dir(args)
-    source = Path(args.segments_dir) / SOURCE
+    source = Path(args.segments_dir) / RAW_SOURCE
     if root is None or not Path(root).is_dir():
         raise UserError(
             f"{args.segments_dir}: --ego-history reads the clips' egomotion, and the dataset "
@@ -121,7 +126,7 @@ def raw_dataset(args: argparse.Namespace) -> RawDataset:
 
 def data_dir(args: argparse.Namespace) -> str | None:
     """The dataset root: --data-dir, else the one the segments were cut from."""
-    source = Path(args.segments_dir) / SOURCE
+    source = Path(args.segments_dir) / RAW_SOURCE
     if args.data_dir is None and source.is_file():
         return json.loads(source.read_text())["data_dir"]
     return args.data_dir
@@ -133,7 +138,7 @@ def official_labels(args: argparse.Namespace, manifest: pd.DataFrame) -> tuple[p
     if args.split_name:
         root = data_dir(args)
         if root is None:
-            raise UserError(f"{args.segments_dir}: no {SOURCE}; pass --data-dir")
+            raise UserError(f"{args.segments_dir}: no {RAW_SOURCE}; pass --data-dir")
         try:
             labels = read_split_labels(Path(root), args.split_name)
         except (FileNotFoundError, KeyError, ValueError) as err:
@@ -189,6 +194,13 @@ def run(args: argparse.Namespace) -> int:
                 manifest_path, segments_dir, assignment, prompt, answer_format, tmp, bar.update,
                 raw=raw,
             )  # fmt: skip
+        if not sum(segments for _, segments in counts.values()):
+            first = next(iter(dropped.items()), ("", "no segment in the manifest"))
+            raise UserError(
+                f"{args.segments_dir}: no segment is left ({len(dropped)} dropped for want of "
+                f"{args.ego_history:g} s of egomotion before them; the first, {first[0]}: "
+                f"{first[1]})"
+            )
         if dropped:
             text = json.dumps(dropped, indent=2, sort_keys=True) + "\n"
             atomic_write_text(tmp / DROPPED_FOR_HISTORY, text)
@@ -196,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         prompt.save(tmp)
         # The segments the rows point at: inputs of the next step too.
         source = json.dumps({"segments_dir": str(segments_dir.resolve())}, indent=2) + "\n"
-        atomic_write_text(tmp / SOURCE, source)
+        atomic_write_text(tmp / SEGMENTS_SOURCE, source)
     summary = ", ".join(
         f"{name} {clip_count} clips / {segment_count} segments"
         for name, (clip_count, segment_count) in counts.items()

@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -28,17 +29,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from qwenvl.cli import UserError, run_script
-from qwenvl.files import atomic_write_text, check_apart, check_output_dir, replace_path
-from qwenvl.prepare.rawdata import DEFAULT_CAMERA, ClipSelection, RawDataset
-from qwenvl.prepare.writer import (
-    CALIBRATION,
-    CLIP_RESULTS,
-    MANIFEST,
-    MANIFEST_ROW_GROUP,
-    SOURCE,
-    finished_clips,
-    segment_clip_task,
+from qwenvl.files import (
+    atomic_write_text,
+    check_apart,
+    check_output_dir,
+    mark_output,
+    replace_path,
+    writable_parent,
 )
+from qwenvl.layout import CALIBRATION, CLIP_RESULTS, MANIFEST, MANIFEST_ROW_GROUP, RAW_SOURCE
+from qwenvl.prepare.rawdata import DEFAULT_CAMERA, ClipSelection, RawDataset
+from qwenvl.prepare.writer import finished_clips, segment_clip_task
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -152,13 +153,44 @@ def run_on_ray(tasks: list[tuple], address: str) -> Iterator[dict]:
         ray.shutdown()
 
 
-def staging_for(output: Path, resume: bool) -> Path:
-    """The run's staging folder: a hidden sibling of the output, kept by --resume."""
+STAGING_SETTINGS = "settings.json"  # in a run's staging folder: what its clips were cut with
+
+
+def staging_for(output: Path, args: argparse.Namespace) -> Path:
+    """The run's staging folder: a hidden sibling of the output, kept by --resume, which must
+    cut the rest of the clips as the first part was cut (UserError naming what differs)."""
     staging = output.parent / f".{output.name}.partial"
-    if staging.exists() and not resume:
+    settings = {
+        "data_dir": str(Path(args.data_dir).resolve()),
+        "camera": args.camera,
+        "max_width": args.max_width,
+    }
+    if staging.exists() and args.resume:
+        try:
+            before = json.loads((staging / STAGING_SETTINGS).read_text())
+        except (OSError, ValueError):
+            before = None
+        if before is None:
+            raise UserError(
+                f"{staging}: an interrupted run that records no settings; its clips cannot be "
+                "resumed safely (run again without --resume)"
+            )
+        differing = [
+            f"{name} {before.get(name)} (now {value})"
+            for name, value in settings.items()
+            if before.get(name) != value
+        ]
+        if differing:
+            raise UserError(
+                f"--resume: the interrupted run in {staging} cut its clips with "
+                f"{', '.join(differing)}; resume with the same settings, or run again without "
+                "--resume"
+            )
+    elif staging.exists():
         print(f"note: discarding an interrupted run's work in {staging} (--resume keeps it)")
         shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(staging / STAGING_SETTINGS, json.dumps(settings, indent=2) + "\n")
     return staging
 
 
@@ -212,13 +244,16 @@ def write_outputs(records: list[dict], selection: ClipSelection, args, staging: 
         "clips_invalid": len(selection.invalid),
         "clips_in_chunks_not_downloaded": selection.not_downloaded,
         "clips_without_calibration": int((calibration["calibration"] == "").sum()),
+        "why_without_calibration": dict(
+            Counter(r["no_calibration"] for r in records if "no_calibration" in r)
+        ),
     }
     source = {"data_dir": str(Path(args.data_dir).resolve()), "camera": args.camera}
     for name, content in (
         ("skipped.json", skipped),
         ("dropped_segments.json", dropped),
         ("summary.json", summary),
-        (SOURCE, source),
+        (RAW_SOURCE, source),
     ):
         atomic_write_text(staging / name, json.dumps(content, indent=2, sort_keys=True) + "\n")
     return summary
@@ -231,8 +266,9 @@ def run(args: argparse.Namespace) -> int:
     dataset = RawDataset(Path(args.data_dir), args.camera)
     selection = select(dataset)
     output = check_output_dir(args.output_dir, args.overwrite_output)
+    writable_parent(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_for(output, args.resume)
+    staging = staging_for(output, args)
     records = segment_all(dataset, selection, args, staging)
     try:
         summary = write_outputs(records, selection, args, staging)
@@ -240,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(staging)
         raise
     shutil.rmtree(staging / CLIP_RESULTS)
+    (staging / STAGING_SETTINGS).unlink()
+    mark_output(staging, "prepare_video_segments.py")
     replace_path(staging, output)
     print(
         f"{summary['clips_segmented']} clips -> {summary['segments']} segments in "
@@ -253,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
             f"{summary['clips_without_calibration']} clips have no calibration: they train, "
             "but their paths are not drawn on the camera image (download_dataset.py fetches it)"
         )
+        for why, count in sorted(summary["why_without_calibration"].items()):
+            print(f"  {count} clips: {why}")
     return 0
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,17 +19,32 @@ import transformers
 from transformers import AutoProcessor, HfArgumentParser, TrainerCallback, set_seed
 
 from qwenvl import distributed
-from qwenvl.checkpoint import InferenceFiles
+from qwenvl.chat import PromptSettings
+from qwenvl.checkpoint import InferenceFiles, Tuning
 from qwenvl.cli import UserError, run_script
-from qwenvl.data import data_list, dataset_specs
+from qwenvl.data import dataset_specs
 from qwenvl.data.collator import VideoCollator
 from qwenvl.data.dataset import BadTrainingData, SupervisedDataset
-from qwenvl.data.samples import answer_format_of, load_samples, prompt_of
-from qwenvl.files import atomic_write_text, check_apart
+from qwenvl.data.samples import (
+    answer_format_of,
+    dataset_fingerprints,
+    load_samples,
+    prompt_of,
+    prompt_of_samples,
+)
+from qwenvl.files import atomic_write_text
+from qwenvl.inference.spec import ModelSpec
 from qwenvl.model import load_model, quantization_config
+from qwenvl.train import config, preflight
 from qwenvl.train.compute import ComputeReport
-from qwenvl.train.resume import find_resume_checkpoint
-from qwenvl.train.settings import LoraSettings, TuneFlags, Tuning
+from qwenvl.train.config import LoraSettings, SettingError, TuneFlags
+from qwenvl.train.lock import locked
+from qwenvl.train.resume import (
+    ConvertFirst,
+    TrainingRecord,
+    check_zero_world,
+    find_resume_checkpoint,
+)
 from qwenvl.train.setup import setup_training, trainable_summary
 from qwenvl.train.task_metrics import GenerationMetrics
 from qwenvl.train.trainer import QwenVLTrainer
@@ -38,70 +54,47 @@ logger = logging.getLogger("train")
 SKIPPED_FILE = "skipped_samples.json"
 
 
+def setting(name: str, **extra):
+    """A dataclass field of train.py from its setting in qwenvl.train.config (default, help)."""
+    spec = config.BY_NAME[name]
+    default = spec.default if spec.default is not None or spec.optional else None
+    return field(default=default, metadata={"help": f"{spec.help} ({name})", **extra})
+
+
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(
-        default="Qwen/Qwen3-VL-4B-Instruct",
-        metadata={"help": "hub id or local directory of the base model"},
-    )
-    tune_mm_vision: bool = field(default=False, metadata={"help": "train the vision encoder"})
-    tune_mm_mlp: bool = field(
-        default=True, metadata={"help": "train the vision-language projector (mergers)"}
-    )
-    tune_mm_llm: bool = field(default=True, metadata={"help": "train the language model"})
+    model_name_or_path: str = setting("MODEL_PATH")
+    tune_mm_vision: bool = setting("TUNE_MM_VISION")
+    tune_mm_mlp: bool = setting("TUNE_MM_MLP")
+    tune_mm_llm: bool = setting("TUNE_MM_LLM")
     lora_enable: bool = field(
-        default=False, metadata={"help": "train LoRA adapters instead of full weights"}
+        default=False,
+        metadata={"help": "train LoRA adapters (the lora preset); False: full fine-tuning"},
     )
-    lora_r: int = field(default=LoraSettings.r, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(
-        default=LoraSettings.alpha, metadata={"help": "LoRA alpha (scale = alpha / r)"}
-    )
-    lora_dropout: float = field(default=LoraSettings.dropout, metadata={"help": "LoRA dropout"})
-    mm_projector_lr: float | None = field(
-        default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
-    )
-    vision_tower_lr: float | None = field(
-        default=None,
-        metadata={"help": "learning rate of the vision encoder (default: --learning_rate)"},
-    )
-    quantization: str | None = field(
-        default=None,
-        metadata={"help": "4bit: QLoRA, the language model in bitsandbytes NF4 (LoRA, CUDA only)"},
-    )
+    lora_r: int = setting("LORA_R")
+    lora_alpha: int = setting("LORA_ALPHA")
+    lora_dropout: float = setting("LORA_DROPOUT")
+    mm_projector_lr: float | None = setting("MM_PROJECTOR_LR")
+    vision_tower_lr: float | None = setting("VISION_TOWER_LR")
+    quantization: str | None = setting("QUANT")
     attn_implementation: str | None = field(
         default=None,
         metadata={
-            "help": "attention kernel (default: flash_attention_2 on CUDA if installed, else sdpa)"
+            "help": "attention kernel (default: flash_attention_2 for bf16/fp16 weights on a "
+            "GPU that runs it, else sdpa)"
         },
     )
 
 
 @dataclass
 class DataArguments:
-    dataset_use: str = field(
-        default="physical_ai_driving",
-        metadata={
-            "help": "comma-separated registry names or training JSON paths, each maybe name%%pct"
-        },
-    )
-    eval_dataset_use: str = field(
-        default="", metadata={"help": "validation datasets, same syntax; empty = no evaluation"}
-    )
-    video_fps: float = field(
-        default=VideoSettings.fps, metadata={"help": "frames per second sampled from each clip"}
-    )
-    video_min_frames: int = field(
-        default=VideoSettings.min_frames, metadata={"help": "fewest frames per clip"}
-    )
-    video_max_frames: int = field(
-        default=VideoSettings.max_frames, metadata={"help": "most frames per clip"}
-    )
-    video_min_pixels: int = field(
-        default=VideoSettings.min_pixels, metadata={"help": "lower bound of pixels per frame"}
-    )
-    video_max_pixels: int = field(
-        default=VideoSettings.max_pixels, metadata={"help": "upper bound of pixels per frame"}
-    )
+    dataset_use: str = setting("DATASETS")
+    eval_dataset_use: str = setting("EVAL_DATASETS")
+    video_fps: float = setting("VIDEO_FPS")
+    video_min_frames: int = setting("VIDEO_MIN_FRAMES")
+    video_max_frames: int = setting("VIDEO_MAX_FRAMES")
+    video_min_pixels: int = setting("VIDEO_MIN_PIXELS")
+    video_max_pixels: int = setting("VIDEO_MAX_PIXELS")
 
     def video_settings(self) -> VideoSettings:
         return VideoSettings(
@@ -115,15 +108,23 @@ class DataArguments:
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
-    model_max_length: int = field(
-        default=8192,
-        metadata={"help": "longest sample in tokens; longer samples are skipped, never cut"},
+    model_max_length: int = setting("MODEL_MAX_LENGTH")
+    auto_resume: bool = setting("RESUME")
+    eval_generate_samples: int = setting("EVAL_GENERATE_SAMPLES")
+    max_bad_samples: float = setting("MAX_BAD_SAMPLES")
+    peak_tflops: float | None = setting("PEAK_TFLOPS")
+    # The Trainer's own arguments whose defaults are the settings' (the preset's, by kind).
+    lr_scheduler_type: str = setting("LR_SCHEDULER")
+    warmup_steps: float = setting("WARMUP_RATIO")
+    weight_decay: float = setting("WEIGHT_DECAY")
+    logging_steps: float = setting("LOGGING_STEPS")
+    save_steps: float = setting("SAVE_STEPS")
+    dataloader_num_workers: int = setting("DATALOADER_WORKERS")
+    report_to: str = setting("REPORT_TO")
+    ddp_find_unused_parameters: bool = field(
+        default=False, metadata={"help": "every parameter of the model gets a gradient"}
     )
-    auto_resume: bool = field(
-        default=True,
-        metadata={"help": "continue from the newest complete checkpoint-* in output_dir"},
-    )
-    gradient_checkpointing: bool = field(
+    activation_checkpointing: bool = field(
         default=True, metadata={"help": "recompute activations to save memory"}
     )
     remove_unused_columns: bool = field(
@@ -137,21 +138,10 @@ class TrainingArguments(transformers.TrainingArguments):
         },
     )
     include_num_input_tokens_seen: str = field(
-        default="non_padding",
-        metadata={"help": "count the tokens trained on, for compute.json (non_padding, all, no)"},
-    )
-    eval_generate_samples: int = field(
-        default=0,
+        default="no",
         metadata={
-            "help": "at each evaluation, answer this many validation clips with constrained "
-            "generation and log eval_ade, eval_fde, eval_speed_mae, eval_curvature_mae"
-        },
-    )
-    max_bad_samples: float = field(
-        default=0.05,
-        metadata={
-            "help": "share of training samples that may fail their checks (answer, fps, "
-            "video) and be left out; more stops the run before the first step"
+            "help": "the Trainer's own token count (a host sync per step); compute.json counts "
+            "tokens without one"
         },
     )
 
@@ -179,8 +169,19 @@ class LogOptimizerGroups(TrainerCallback):
             logger.info("optimizer %s groups: %s", type(optimizer).__name__, groups)
 
 
+def run_kind(argv: list[str]) -> str:
+    """lora or full: the preset a command line trains with (--lora_enable)."""
+    for i, arg in enumerate(argv):
+        value = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+        if arg.split("=")[0] == "--lora_enable":
+            return "lora" if value.lower() in config.TRUE_WORDS else "full"
+    return "full"
+
+
 def parse_args(argv: list[str] | None = None):
-    """(ModelArguments, DataArguments, TrainingArguments) of the command line."""
+    """(ModelArguments, DataArguments, TrainingArguments) of the command line, its defaults the
+    settings' and its kind's preset (qwenvl.train.config), each value checked as the launchers
+    check it."""
     argv = sys.argv[1:] if argv is None else argv
     if torch.cuda.is_available():
         if not any(a.startswith(("--bf16", "--fp16")) for a in argv):
@@ -189,15 +190,70 @@ def parse_args(argv: list[str] | None = None):
         # Without a GPU, several processes (torchrun, DeepSpeed) only form one job on gloo
         # when the Trainer is told it runs on CPU.
         argv = [*argv, "--use_cpu", "True"]
+    kind = run_kind(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser.set_defaults(**config.flag_defaults(kind))
     try:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
-        data_args.video_settings()
+        values = settings_of_arguments(model_args, data_args, training_args, kind)
+        for name, value in values.items():
+            config.check(config.BY_NAME[name], value)
+        config.check_together({**values, "NNODES": 1, "NODE_RANK": 0})
     except ValueError as err:
         raise UserError(str(err)) from None
-    if training_args.gradient_checkpointing_kwargs is None:
+    if universal_resume(training_args):
+        # This resume loads DeepSpeed's universal form of its checkpoint (written by another
+        # number of processes): the same config, told so.
+        config_path = training_args.deepspeed
+        ds_config = json.loads(Path(config_path).read_text())
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
+        argv = [*argv, "--deepspeed", json.dumps(ds_config)]
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+        training_args.deepspeed_file = config_path  # the setting as given, for the checks
+        logger.info("resuming a universal checkpoint (%s with load_universal)", config_path)
+    if training_args.activation_checkpointing_kwargs is None:
+        training_args.activation_checkpointing_kwargs = {"use_reentrant": False}
         training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    if data_args.eval_dataset_use and training_args.eval_strategy == "no":
+        training_args.eval_strategy = "steps"  # an evaluation at each checkpoint
+        training_args.eval_steps = training_args.save_steps
+    # Evaluation keeps no logits: the loss is all it reports (task metrics generate apart),
+    # and logits of answers of different lengths could not be gathered across ranks.
+    training_args.prediction_loss_only = True
     return model_args, data_args, training_args
+
+
+def universal_resume(training_args) -> bool:
+    """Whether this run resumes a ZeRO-3 checkpoint written by another number of processes
+    (through the universal form DeepSpeed's ds_to_universal made of it)."""
+    if not (training_args.deepspeed and training_args.auto_resume):
+        return False
+    if not isinstance(training_args.deepspeed, str) or not Path(training_args.deepspeed).is_file():
+        return False
+    checkpoint = find_resume_checkpoint(training_args.output_dir)
+    if checkpoint is None:
+        return False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        return check_zero_world(checkpoint, world)
+    except ConvertFirst as err:
+        raise UserError(str(err)) from None
+
+
+def settings_of_arguments(model_args, data_args, training_args, kind: str) -> dict:
+    """The settings' values (by launcher variable) of parsed arguments."""
+    arguments = {**vars(model_args), **vars(data_args), **vars(training_args)}
+    values = config.values_of_arguments(arguments, kind)
+    values["PRECISION"] = "bf16" if training_args.bf16 else "fp32"
+    values["DEEPSPEED_CONFIG"] = (
+        getattr(training_args, "deepspeed_file", None) or training_args.deepspeed or None
+    )
+    values["REPORT_TO"] = ",".join(training_args.report_to or []) or "none"
+    return values
+
+
+def kind_of(model_args: ModelArguments) -> str:
+    return "lora" if model_args.lora_enable else "full"
 
 
 def tune_flags(model_args: ModelArguments) -> TuneFlags:
@@ -211,8 +267,11 @@ def lora_settings(model_args: ModelArguments) -> LoraSettings | None:
 
 
 def tuning_of(model_args: ModelArguments) -> Tuning:
-    """What checkpoints record of how they were trained."""
-    return Tuning.of_run(tune_flags(model_args), lora_settings(model_args), model_args.quantization)
+    """What checkpoints record of which parts trained and how (tuning.json)."""
+    lora = lora_settings(model_args)
+    shape = (lora.r, lora.alpha, lora.dropout) if lora else (None, None, None)
+    flags = tune_flags(model_args)
+    return Tuning(flags.vision, flags.mlp, flags.llm, *shape, model_args.quantization or None)
 
 
 def build_model(model_args: ModelArguments, training_args: TrainingArguments):
@@ -288,36 +347,44 @@ def report_skipped(trainer: QwenVLTrainer, train_set: SupervisedDataset, output_
         )
 
 
-def generation_metrics(data_args, training_args, processor, settings, answer_format):
+def generation_metrics(data_args, training_args, processor, settings, answer_format, prompt):
     """Task metrics at each evaluation when --eval_generate_samples > 0, else None."""
     if training_args.eval_generate_samples <= 0:
         return None
     samples = load_samples(dataset_specs(data_args.eval_dataset_use))
+    spec = ModelSpec(
+        training_args.output_dir,
+        None,
+        settings,
+        answer_format,
+        prompt or PromptSettings(),
+        None,
+        training_args.output_dir,
+    )
     return GenerationMetrics(
         samples[: training_args.eval_generate_samples],
         processor,
-        settings,
-        answer_format,
+        spec,
         training_args.per_device_eval_batch_size,
     )
 
 
-def check_run(model_args, data_args, training_args) -> None:
-    """What the launchers' pre-flight checks, for train.py run without them."""
-    if training_args.eval_generate_samples > 0 and not data_args.eval_dataset_use:
-        raise UserError("--eval_generate_samples needs validation data (--eval_dataset_use)")
-    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
-        raise UserError("--num_train_epochs 0 and no --max_steps: nothing would train")
-    if not 0 <= training_args.max_bad_samples <= 1:
-        raise UserError(f"--max_bad_samples {training_args.max_bad_samples}: a share in [0, 1]")
-    inputs = {"--model_name_or_path": model_args.model_name_or_path}
+def check_run(model_args, data_args, training_args) -> dict:
+    """What the launchers' pre-flight checks, for train.py run without them too: the paths, the
+    output apart from every input, and a resume that trains what its checkpoint trained (the
+    global batch kept through the accumulation where the number of processes changed). The
+    settings' values."""
+    kind = kind_of(model_args)
+    values = settings_of_arguments(model_args, data_args, training_args, kind)
+    values.update(NNODES=1, NODE_RANK=0, NPROC_PER_NODE=training_args.world_size)
     try:
-        for use in (data_args.dataset_use, data_args.eval_dataset_use):
-            for entry in data_list(dataset_specs(use)):
-                inputs[entry["annotation_path"]] = Path(entry["annotation_path"]).parent
-    except ValueError as err:
+        preflight.check_paths(values)
+        changes = preflight.check_resume(values, kind) if training_args.auto_resume else {}
+    except SettingError as err:
         raise UserError(str(err)) from None
-    check_apart(training_args.output_dir, inputs)
+    if "GRAD_ACCUM" in changes:
+        training_args.gradient_accumulation_steps = values["GRAD_ACCUM"] = changes["GRAD_ACCUM"]
+    return values
 
 
 def run(parsed: tuple[ModelArguments, DataArguments, TrainingArguments]) -> int:
@@ -326,7 +393,14 @@ def run(parsed: tuple[ModelArguments, DataArguments, TrainingArguments]) -> int:
         level=logging.INFO if training_args.local_rank in (-1, 0) else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
     )
-    check_run(model_args, data_args, training_args)
+    values = check_run(model_args, data_args, training_args)
+    lock = locked(training_args.output_dir) if training_args.process_index == 0 else nullcontext()
+    with lock:
+        return train(model_args, data_args, training_args, values)
+
+
+def train(model_args, data_args, training_args, values: dict) -> int:
+    """Train, save and report, holding OUTPUT_DIR's lock (rank 0)."""
     set_seed(training_args.seed)
     if training_args.deepspeed and torch.distributed.is_initialized():
         # ZeRO-3 partitions weights while they load; DeepSpeed must see the whole job first.
@@ -338,12 +412,28 @@ def run(parsed: tuple[ModelArguments, DataArguments, TrainingArguments]) -> int:
         train_set, eval_set, settings = build_datasets(data_args, training_args, processor)
         specs = dataset_specs(data_args.dataset_use)
         answer_format, prompt = answer_format_of(specs), prompt_of(specs)
+        if prompt is None:  # files that record no prompt: their samples' own, if they share it
+            prompt = prompt_of_samples(train_set.samples)
+            if prompt is None:
+                logger.warning(
+                    "%s records no prompt and its samples' prompts differ: the checkpoints "
+                    "store none, so predict.py cannot ask them (evaluate.py asks each test "
+                    "sample with its own)",
+                    data_args.dataset_use,
+                )
         model = build_model(model_args, training_args)
     except (ValueError, OSError) as err:
         raise UserError(str(err).splitlines()[0]) from None
-    inference_files = InferenceFiles(
-        processor, settings, answer_format, prompt, tuning_of(model_args)
+    record = TrainingRecord.of_run(
+        values,
+        kind_of(model_args),
+        training_args.world_size,
+        dataset_fingerprints(dataset_specs(data_args.dataset_use)),
     )
+    inference_files = InferenceFiles(
+        processor, settings, answer_format, prompt, tuning_of(model_args), record
+    )
+    compute = ComputeReport(training_args.peak_tflops)
     pixel_dtype = torch.bfloat16 if training_args.bf16 else None
     logger.info("video pixels cross the DataLoader in %s", pixel_dtype or torch.float32)
     logger.info(
@@ -358,15 +448,17 @@ def run(parsed: tuple[ModelArguments, DataArguments, TrainingArguments]) -> int:
         callbacks=[
             SaveInferenceFiles(inference_files),
             LogOptimizerGroups(),
-            ComputeReport(os.environ.get("PEAK_TFLOPS")),
+            compute,
         ],
         projector_lr=model_args.mm_projector_lr,
         vision_lr=model_args.vision_tower_lr,
         label_only_logits=training_args.label_only_logits,
         generation_metrics=generation_metrics(
-            data_args, training_args, processor, settings, answer_format
+            data_args, training_args, processor, settings, answer_format, prompt
         ),
+        token_count=compute.tokens,
     )
+    compute.eval_seconds = lambda: trainer.eval_seconds
     checkpoint = (
         find_resume_checkpoint(training_args.output_dir) if training_args.auto_resume else None
     )
@@ -387,4 +479,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    distributed.die_with_parent()
     sys.exit(main())

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -58,8 +59,11 @@ _SCRIPTS: dict[str, object] = {}
 def script_module(name: str):
     """scripts/<name>.py as a module of this process."""
     if name not in _SCRIPTS:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(
+            f"scripts_{name}", ROOT / "scripts" / f"{name}.py"
+        )
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up by name
         spec.loader.exec_module(module)
         _SCRIPTS[name] = module
     return _SCRIPTS[name]
@@ -80,10 +84,26 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
+def run_main(name: str, *argv) -> None:
+    """Run scripts/<name>.py's main in this process (no interpreter to start, no torch to
+    import again), where the subprocess is not what a test is about; it must succeed."""
+    status = script_main(name)([str(a) for a in argv])
+    assert status == 0, f"{name} {' '.join(map(str, argv))} exited {status}"
+
+
+def call_main(capsys, name: str, *argv) -> SimpleNamespace:
+    """scripts/<name>.py's main in this process, its result shaped like a finished subprocess
+    (returncode, stdout, stderr), for tests that read what it printed."""
+    capsys.readouterr()
+    code = script_main(name)([str(a) for a in argv])
+    printed = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "model"
-    run_script("scripts/make_tiny_model.py", "--output-dir", str(out), "--seed", "0")
+    run_main("make_tiny_model", "--output-dir", out, "--seed", "0")
     return out
 
 
@@ -91,21 +111,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def raw_dataset(tmp_path_factory) -> Path:
     """Four 6-second clips at 160x96 in the raw layout."""
     out = tmp_path_factory.mktemp("raw") / "data"
-    run_script(
-        "scripts/make_synthetic_data.py",
-        "--output-dir",
-        str(out),
-        "--num-clips",
-        "4",
-        "--clip-seconds",
-        "6",
-        "--width",
-        "160",
-        "--height",
-        "96",
-        "--seed",
-        "3",
-    )
+    run_main("make_synthetic_data", "--output-dir", out, "--num-clips", "4", "--clip-seconds",
+             "6", "--width", "160", "--height", "96", "--seed", "3")  # fmt: skip
     return out
 
 
@@ -127,21 +134,10 @@ def segments_dir(raw_dataset, tmp_path_factory) -> Path:
 def build_training_json(segments: Path, base: Path, *split_args: str) -> Path:
     """Run the dataset and training-JSON steps on segments; the folder of train/val/test.json.
     The split is the clip index's official one unless `split_args` say otherwise."""
-    run_script(
-        "scripts/prepare_huggingface_dataset.py",
-        "--segments-dir",
-        str(segments),
-        "--output-dir",
-        str(base / "hf"),
-        *split_args,
-    )
-    run_script(
-        "scripts/convert_to_training_format.py",
-        "--input-dir",
-        str(base / "hf"),
-        "--output-dir",
-        str(base / "training"),
-    )
+    run_main("prepare_huggingface_dataset", "--segments-dir", segments, "--output-dir",
+             base / "hf", *split_args)  # fmt: skip
+    run_main("convert_to_training_format", "--input-dir", base / "hf", "--output-dir",
+             base / "training")  # fmt: skip
     return base / "training"
 
 
@@ -215,7 +211,7 @@ def lora_run(tiny_model_dir, four_samples, tmp_path_factory) -> Path:
 def dirty_training(training_dir, tmp_path_factory) -> Path:
     """A train.json of good samples and three that must not train: one whose mp4 holds 15 of
     the 30 frames it claims (its header intact), one answer of 29 pairs, one negative fps."""
-    from qwenvl.standins.synthetic import encode_mp4
+    from qwenvl.standins.render import encode_mp4
     from qwenvl.video import decode_video
 
     out = tmp_path_factory.mktemp("dirty")

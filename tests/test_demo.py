@@ -68,3 +68,27 @@ def test_make_ablation_runs_the_pipeline_and_writes_reports(tmp_path):
     assert "The strongest baseline is" in result.stdout and "reports:" in result.stdout
     comparison = (demo / "eval" / "comparison.md").read_text()
     assert "comparison_gallery/" in comparison
+
+
+def test_make_keeps_extras_installed_by_hand(tmp_path):
+    """`make test` and `make demo` sync the environment without removing what is installed
+    beyond the extras they name (flash-attn and bitsandbytes on a GPU machine): --inexact."""
+    plan = run_script("make", "-n", "test", "demo").stdout
+    assert all("--inexact" in line for line in plan.splitlines() if " sync " in line)
+    package = tmp_path / "extra_by_hand"
+    (package / "extra_by_hand").mkdir(parents=True)
+    (package / "extra_by_hand" / "__init__.py").write_text("")
+    (package / "pyproject.toml").write_text(
+        '[project]\nname = "extra-by-hand"\nversion = "1.0"\n'
+        '[build-system]\nrequires = ["setuptools>=69"]\nbuild-backend = "setuptools.build_meta"\n'
+    )
+    uv = shutil.which("uv") or str(ROOT / ".tools" / "uv" / "bin" / "uv")
+    python = str(ROOT / ".venv" / "bin" / "python")
+    run_script(uv, "pip", "install", "--python", python, "--no-deps", "--no-build-isolation",
+               str(package))  # fmt: skip
+    try:
+        run_script("make", "sync")
+        found = run_script(python, "-c", "import extra_by_hand; print('kept')", check=False)
+        assert found.stdout.strip() == "kept", found.stderr
+    finally:
+        run_script(uv, "pip", "uninstall", "--python", python, "extra-by-hand", check=False)

@@ -10,13 +10,14 @@ import torch
 from transformers import AutoProcessor
 from transformers.video_utils import VideoMetadata
 
-from qwenvl.answer import NUM_PAIRS, AnswerFormat
+from qwenvl.answer import AnswerFormat
 from qwenvl.data.collator import VideoCollator
 from qwenvl.data.dataset import SupervisedDataset
 from qwenvl.data.samples import load_samples
-from qwenvl.inference.generate import answer_token_budget
+from qwenvl.inference.transformers_backend import answer_token_budget
 from qwenvl.model import load_model, resolve_device
-from qwenvl.train.settings import LoraSettings, TuneFlags
+from qwenvl.task import HORIZON_PAIRS
+from qwenvl.train.config import LoraSettings, TuneFlags
 from qwenvl.train.setup import setup_training
 from qwenvl.video import (
     PROCESSOR_VIDEO_KWARGS,
@@ -72,11 +73,12 @@ def test_device_resolution_follows_cuda_and_rejects_what_is_not_there():
 
 
 def test_inference_loads_onto_the_asked_device_in_its_dtype(tiny_model_dir):
-    from qwenvl.inference.load import load_for_inference
+    from qwenvl.inference.spec import read_spec
+    from qwenvl.inference.transformers_backend import TransformersBackend
 
-    loaded = load_for_inference(str(tiny_model_dir), device="cpu")
-    assert loaded.model.device == torch.device("cpu") and loaded.model.dtype == torch.float32
-    assert "on cpu" in loaded.describe()
+    backend = TransformersBackend.load(read_spec(str(tiny_model_dir)), device="cpu")
+    assert backend.model.device == torch.device("cpu") and backend.model.dtype == torch.float32
+    assert "on cpu" in backend.describe()
 
 
 @pytest.mark.parametrize("decimals", [(1, 3), (2, 4), (3, 6)])
@@ -91,7 +93,7 @@ def test_generation_budget_fits_the_widest_answer_of_the_format(tiny_model_dir, 
     assert cost(fmt.widest_answer()) <= budget
     rng = random.Random(0)
     for _ in range(200):
-        pairs = [(rng.uniform(-99, 99), rng.uniform(-9, 9)) for _ in range(NUM_PAIRS)]
+        pairs = [(rng.uniform(-99, 99), rng.uniform(-9, 9)) for _ in range(HORIZON_PAIRS)]
         assert cost(fmt.format(pairs)) <= budget
     # The budget grows with the decimals: the 1/3 budget cuts a 2/4 answer short.
     if decimals != (1, 3):
@@ -132,3 +134,26 @@ def test_saved_processor_samples_and_sizes_clips_as_training(tiny_model_dir, tmp
     assert got["video_grid_thw"].tolist() == ours["video_grid_thw"].tolist()
     expected_t = (30 if seconds == 1 else 32) // 2
     assert got["video_grid_thw"].tolist() == [[expected_t, 22, 40]]  # 640x352 frames
+
+
+@pytest.mark.parametrize("compile_step", [False, True])
+def test_generation_compiles_the_decoding_step_only_when_asked(tiny_model_dir, compile_step):
+    """The static KV cache would make transformers compile the decoding step on CUDA in every
+    evaluation and prediction process: off unless --compile asks for it."""
+    from qwenvl.inference.backend import Request
+    from qwenvl.inference.spec import read_spec
+    from qwenvl.inference.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend.load(read_spec(str(tiny_model_dir)), compile=compile_step)
+    seen = {}
+    generate = backend.model.generate
+
+    def recorded(**kwargs):
+        seen.update(kwargs)
+        return generate(**kwargs)
+
+    backend.model.generate = recorded
+    frames = np.zeros((30, 64, 64, 3), dtype=np.uint8)
+    backend.answer([Request(frames, 30.0, "go")], max_new_tokens=2)
+    assert seen["cache_implementation"] == "static"
+    assert seen["disable_compile"] is (not compile_step)  # transformers' own switch

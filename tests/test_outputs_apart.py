@@ -110,3 +110,94 @@ def test_launcher_output_dir_apart_from_the_model_and_the_data(
     assert result.returncode == 2 and "torch.distributed" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: OUTPUT_DIR={inside}")
     assert f"lies inside the input {where}" in result.stderr and not inside.exists()
+
+
+def test_an_output_in_the_folder_of_the_videos_a_test_set_reads_is_refused(
+    inputs, tmp_path, capsys
+):
+    """The inputs of evaluate.py include the files its test JSON points to: its videos, which
+    live in the segments folder, not beside the JSON."""
+    video = Path(json.loads(inputs["test_json"].read_text())[0]["video"])
+    folder = (inputs["test_json"].parent / video).resolve().parent
+    before = snapshot(folder)
+    for output in (folder, folder / "eval", folder.parent):
+        argv = ["--model-path", str(inputs["model"]), "--test-json", str(inputs["test_json"]),
+                "--output-dir", str(output), "--overwrite-output"]  # fmt: skip
+        assert script_main("evaluate")(argv) == 2
+        error = capsys.readouterr().err.strip()
+        assert "the videos of" in error and "apart from every input" in error
+    assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("option", ["--train-json", "--base-model"])
+def test_evaluate_keeps_apart_from_the_train_json_and_the_base_model(
+    inputs, tmp_path, capsys, option
+):
+    train = tmp_path / "train" / "train.json"
+    train.parent.mkdir()
+    train.write_text("[]")
+    source = {"--train-json": train.parent, "--base-model": inputs["model"]}[option]
+    value = {"--train-json": train, "--base-model": inputs["model"]}[option]
+    argv = ["--model-path", str(inputs["adapter"]), option, str(value), "--test-json",
+            str(inputs["test_json"]), "--output-dir", str(source / "eval")]  # fmt: skip
+    assert script_main("evaluate")(argv) == 2
+    assert "lies inside the input" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_only_an_output_folder_of_ours(inputs, tmp_path, capsys):
+    """--overwrite-output never deletes a user's own folder or file: only one a script of this
+    project wrote (it carries our mark)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("my report")
+    for output, why in ((mine, "holds files this project did not write"),
+                        (a_file, "is a file, not an output folder")):  # fmt: skip
+        argv = ["--model-path", str(inputs["model"]), "--test-json", str(inputs["test_json"]),
+                "--output-dir", str(output), "--overwrite-output"]  # fmt: skip
+        assert script_main("evaluate")(argv) == 2
+        assert why in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "my notes" and a_file.read_text() == "my report"
+
+
+def test_predict_render_replaces_nothing_and_writes_into_no_input(inputs, tmp_path, capsys):
+    video = inputs["test_json"].parent / json.loads(inputs["test_json"].read_text())[0]["video"]
+    video = video.resolve()
+    predict = script_main("predict")
+    base = ["--model-path", str(inputs["model"]), str(video), "--render"]
+    renders = tmp_path / "renders"
+    renders.mkdir()
+    (renders / f"{video.stem}.png").write_bytes(b"an earlier render")
+    assert predict([*base, str(renders)]) == 2
+    assert "pass --overwrite-output to replace them" in capsys.readouterr().err
+    assert (renders / f"{video.stem}.png").read_bytes() == b"an earlier render"
+    assert predict([*base, str(video.parent / "renders")]) == 2  # inside the clip's folder
+    assert "the output lies inside the folder" in capsys.readouterr().err
+    assert not (video.parent / "renders").exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert predict([*base, str(a_file)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --render {a_file}: is a file, not a folder"
+
+
+def test_train_py_run_directly_keeps_its_output_apart_from_the_data(
+    tiny_model_dir, training_dir, capsys
+):
+    inside = training_dir / "run"
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--dataset_use",
+            str(training_dir / "train.json"), "--output_dir", str(inside)]  # fmt: skip
+    assert script_main("train")(argv) == 2
+    assert "lies inside the input DATASETS" in capsys.readouterr().err and not inside.exists()
+
+
+def test_a_corrupt_metrics_json_is_one_line(tmp_path, capsys):
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text('{"parse": {"total": ')
+    assert script_main("compare_evaluations")([f"a={evaluation}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {evaluation / 'metrics.json'}: not valid JSON")
+    (evaluation / "metrics.json").write_text('{"parse": {}}')
+    assert script_main("compare_evaluations")([f"a={evaluation}"]) == 2
+    assert "not an evaluation's metrics (no model, baselines)" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from qwenvl.chat import sample_messages
+from qwenvl.task import CLIP_FPS
 from qwenvl.video import (
     PROCESSOR_VIDEO_KWARGS,
     VideoSettings,
@@ -76,7 +77,7 @@ def probe_video(path: str | Path) -> VideoTokenLayout:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames = stream.frames or sum(1 for _ in container.demux(stream) if _.size)
-        rate = stream.average_rate or stream.guessed_rate or 30
+        rate = stream.average_rate or stream.guessed_rate or CLIP_FPS
         return VideoTokenLayout(frames, stream.height, stream.width, float(rate))
 
 
@@ -131,7 +132,7 @@ class TokenCounter:
         record, or from its video's header for a sample without one)."""
         if sample.get("frames") and sample.get("width") and sample.get("height"):
             layout = VideoTokenLayout(
-                sample["frames"], sample["height"], sample["width"], sample.get("fps") or 30
+                sample["frames"], sample["height"], sample["width"], sample.get("fps") or CLIP_FPS
             )
         else:
             layout = probe_video(sample["video"])

@@ -13,24 +13,28 @@ own) is read whole, as the seed guide's code reads it.
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from qwenvl import record
-from qwenvl.answer import NUM_PAIRS, AnswerFormat, AnswerParseError, parse_pairs
-from qwenvl.chat import SAMPLE_SCHEMA, PromptSettings, answer_of
+from qwenvl.answer import AnswerFormat, AnswerParseError, parse_pairs
+from qwenvl.chat import SAMPLE_SCHEMA, PromptSettings, answer_of, user_text_of
 from qwenvl.data import data_list
-from qwenvl.files import StoredSettings, missing_files
+from qwenvl.files import StoredSettings, atomic_write_text, file_folders, missing_files
+from qwenvl.task import HORIZON_PAIRS
 
 STORE_SUFFIX = ".arrow"
+TIE_SUFFIX = ".arrow.json"  # beside the store: the JSON content it holds
 
 # The training sample's columns, and the checks written with each: UTF-8 bytes of the user
 # text and of the answer (upper bounds of their tokens), and why the sample cannot train.
@@ -48,7 +52,7 @@ STORE_SCHEMA = pa.schema(
 _NUMBER = r"-?\d+(?:\.\d+)?"
 _OVERLONG = r"\d{300}"  # a number that long may overflow to inf: parse_pairs judges it
 _PAIR = rf"\(\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\)"
-_ANSWER = rf"^\s*\[\s*{_PAIR}(?:\s*,\s*{_PAIR}){{{NUM_PAIRS - 1}}}\s*\]\s*$"
+_ANSWER = rf"^\s*\[\s*{_PAIR}(?:\s*,\s*{_PAIR}){{{HORIZON_PAIRS - 1}}}\s*\]\s*$"
 
 
 def sample_problem(sample: dict, video: str | Path | None) -> str | None:
@@ -112,31 +116,73 @@ def checked_table(samples: pa.Table, videos: list[str], listings: dict) -> pa.Ta
     return pa.table(columns, schema=STORE_SCHEMA)
 
 
-def write_training_file(path: Path, batches: Iterable[tuple[pa.Table, list[str]]]) -> Counter:
+def write_training_file(
+    path: Path, batches: Iterable[tuple[pa.Table, list[str]]], prompt: PromptSettings | None
+) -> Counter:
     """Write training samples, batch by batch, as `path` (JSON, one sample per line) and its
     Arrow store beside it; memory holds one batch. A batch is a table of samples
     (SAMPLE_SCHEMA) and their videos' absolute paths, for the checks the store records.
-    Returns the count of samples by problem (None for the good ones)."""
+
+    The store is tied to its JSON by content: it records the JSON's size and hash (and the
+    prompt it was written with), and is used only while they still hold (store_of). Returns the
+    count of samples by problem (None for the good ones)."""
     store = path.with_suffix(STORE_SUFFIX)
+    tmp_store = store.with_name(f".{store.name}.tmp-{os.getpid()}")
     count, problems, listings = 0, Counter(), {}
-    with pa.OSFile(str(store), "wb") as sink, pa.ipc.new_file(sink, STORE_SCHEMA) as writer:
-        with open(path, "w") as out:
-            out.write("[")
+    digest = xxhash.xxh3_128()
+
+    def emit(text: str) -> None:
+        data = text.encode()
+        digest.update(data)
+        out.write(data)
+
+    with pa.OSFile(str(tmp_store), "wb") as sink, pa.ipc.new_file(sink, STORE_SCHEMA) as writer:
+        with open(path, "wb") as out:
+            emit("[")
             for samples, videos in batches:
                 for sample in samples.to_pylist():
-                    out.write(",\n" if count else "\n")
+                    emit(",\n" if count else "\n")
                     # orjson writes floats ten times faster than json (each parses back to
                     # the same float): at a million samples, a minute saved.
-                    out.write(orjson.dumps(sample).decode())
+                    emit(orjson.dumps(sample).decode())
                     count += 1
                 if samples.num_rows:
                     table = checked_table(samples, videos, listings)
                     problems.update(table["problem"].to_pylist())
                     writer.write_table(table)
-            out.write("\n]\n" if count else "]\n")
-        # The store is finished after the JSON is closed: a store older than its JSON means
-        # the JSON was edited since.
+            emit("\n]\n" if count else "]\n")
+            size = out.tell()
+    tie = {"json_bytes": size, "json_xxh3": digest.hexdigest(), "prompt": _prompt_text(prompt)}
+    _write_tie(tmp_store, store, tie)
     return problems
+
+
+def _prompt_text(prompt: PromptSettings | None) -> str:
+    return json.dumps(asdict(prompt), sort_keys=True) if prompt is not None else ""
+
+
+def _write_tie(written: Path, store: Path, tie: dict) -> None:
+    """Move the written store to its place with the tie to its JSON in a small file beside it
+    (STORE_TIE): Arrow's footer cannot take metadata after the batches are written."""
+    atomic_write_text(store.with_suffix(TIE_SUFFIX), json.dumps(tie) + "\n")
+    written.replace(store)
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def file_hash(path: Path) -> str:
+    """xxh3-128 of a file's bytes, read in blocks (gigabytes a second); once per process for
+    a file that has not changed since."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _HASHES:
+        digest = xxhash.xxh3_128()
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 24):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
 def _open_store(path: Path) -> pa.Table:
@@ -144,16 +190,68 @@ def _open_store(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
+def store_tie(path: Path) -> dict | None:
+    """What the store beside the JSON at `path` was written from (its JSON's size and hash, the
+    prompt), or None when there is no store or it records nothing."""
+    tie = path.with_suffix(TIE_SUFFIX)
+    if not path.with_suffix(STORE_SUFFIX).is_file() or not tie.is_file():
+        return None
+    try:
+        return json.loads(tie.read_text())
+    except ValueError:
+        return None
+
+
 def store_of(path: Path) -> pa.Table | None:
-    """The Arrow store written with the JSON at `path`, or None when there is none or the JSON
-    changed since (then the JSON is what the user means)."""
+    """The Arrow store written with the JSON at `path`, or None when there is none or it was not
+    written from this JSON's content (an edited JSON, another dataset's store copied in): then
+    the JSON is what the user means. ValueError when the store cannot be read, or when the
+    folder's prompt.json is not the prompt the samples were written with."""
     store = path.with_suffix(STORE_SUFFIX)
     if not store.is_file():
         return None
-    if path.is_file() and path.stat().st_mtime_ns > store.stat().st_mtime_ns:
-        print(f"note: {path} changed after {store.name} was written; reading the JSON")
+    tie = store_tie(path)
+    if tie is None or not path.is_file() or not _same_content(path, tie):
+        why = (
+            "records no JSON content (convert_to_training_format.py writes one that does)"
+            if tie is None
+            else f"was not written from this {path.name}"
+        )
+        print(f"note: {store.name} {why}; reading {path} whole")
         return None
-    return _open_store(store)
+    stored_prompt = PromptSettings.load(path.parent)
+    if tie.get("prompt", "") != _prompt_text(stored_prompt):
+        raise ValueError(
+            f"{path.parent / PromptSettings.FILE}: not the prompt {path.name} was written with "
+            "(rebuild the training files, or restore it)"
+        )
+    try:
+        return _open_store(store)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise ValueError(
+            f"{store}: cannot be read ({str(err).splitlines()[0]}); delete it and "
+            f"{path.name} is read instead"
+        ) from None
+
+
+def _same_content(path: Path, tie: dict) -> bool:
+    """Whether the JSON is the one the store was written from: same size, then same hash."""
+    if path.stat().st_size != tie.get("json_bytes"):
+        return False
+    return file_hash(path) == tie.get("json_xxh3")
+
+
+def dataset_fingerprints(specs: list[str]) -> list[dict]:
+    """What a run trains on, for its checkpoints' record: each dataset as named, its training
+    file and the hash of that file's content."""
+    return [
+        {
+            "dataset": spec,
+            "file": str(Path(entry["annotation_path"]).resolve()),
+            "xxh3": file_hash(Path(entry["annotation_path"])),
+        }
+        for spec, entry in zip(specs, data_list(specs), strict=True)
+    ]
 
 
 @dataclass
@@ -305,3 +403,44 @@ def prompt_of(specs: list[str]) -> PromptSettings | None:
     """The prompt the datasets were written with; None for files that do not record it (a
     user's own training JSON), whose samples carry their prompt text alone."""
     return stored_with(specs, PromptSettings, "prompts")
+
+
+def prompt_of_samples(samples: Samples) -> PromptSettings | None:
+    """The prompt of training files that record none (a user's own JSON): their one user text
+    as the instruction, when every sample shares it; None when they differ (then no prompt can
+    be rebuilt for prediction, and a checkpoint trained on them says so)."""
+    texts = set()
+    for number, part in enumerate(samples.parts):
+        rows = samples.row_of[samples.part_of == number]
+        if isinstance(part.rows, pa.Table):
+            return None  # a store is written with its prompt.json: prompt_of finds that
+        for row in rows:
+            try:
+                texts.add(user_text_of(part.rows[row]))
+            except (KeyError, IndexError, TypeError, AttributeError):
+                return None
+            if len(texts) > 1:
+                return None
+    return PromptSettings(instruction=texts.pop()) if texts else None
+
+
+def video_folders_of(path: Path, data_path: str) -> set[str]:
+    """The folders of a training file's videos (absolute, normalised), from its store's video
+    column where it has its own store, else from the JSON: a million samples' paths cost
+    their folders' joins."""
+    table = None
+    try:
+        table = store_of(path)
+    except ValueError:
+        table = None
+    if table is not None:
+        videos = table.column("video")
+        folders = pc.unique(pc.replace_substring_regex(videos, r"(^|/)[^/]*$", "")).to_pylist()
+        return file_folders([os.path.join(folder, "x") for folder in folders], data_path)
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(rows, list):
+        return set()
+    return file_folders([row.get("video") for row in rows if isinstance(row, dict)], data_path)

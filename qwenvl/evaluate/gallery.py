@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from qwenvl.evaluate import overlay
-from qwenvl.evaluate.metrics import speed_bucket, turn_bucket
-from qwenvl.evaluate.trajectory import displacement_errors, integrate_unicycle
+from qwenvl.metrics import speed_bucket, turn_bucket
+from qwenvl.trajectory import displacement_errors, integrate_unicycle
 
 GALLERY = "gallery"  # folder of an evaluation's images; gallery.json lists them
 RANKS = ("best", "median", "worst")

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qwenvl.evaluate.trajectory import integrate_unicycle
-from qwenvl.prepare.writer import CALIBRATION
+from qwenvl.layout import CALIBRATION
+from qwenvl.trajectory import integrate_unicycle
 
 TRUE_COLOUR = (40, 220, 80)
 PREDICTED_COLOUR = (250, 60, 200)
@@ -143,6 +143,10 @@ def _visible_segments(view: CameraView, points: np.ndarray) -> list[tuple[tuple,
     return segments
 
 
+CAPTION_COLOUR = (255, 255, 255)
+LINE_PX = 12  # a line of the default font
+
+
 def draw_paths(
     frame: np.ndarray,
     view: CameraView | None,
@@ -173,13 +177,30 @@ def draw_paths(
             for (u, v), seen in zip(pixels, ahead, strict=True):
                 if seen and 0 <= u < width and 0 <= v < height:
                     draw.ellipse([u - radius, v - radius, u + radius, v + radius], fill=colour)
-    lines = [caption] if caption else []
-    lines += [name for name, _, _ in paths] if view is not None else []
-    for row, text in enumerate(lines):
-        colour = (255, 255, 255) if row < (1 if caption else 0) else paths[row - bool(caption)][2]
-        draw.text((4 + 1, 4 + 12 * row + 1), text, fill=(0, 0, 0))
-        draw.text((4, 4 + 12 * row), text, fill=colour)
+    lines = [(text, CAPTION_COLOUR) for text in wrapped(draw, caption, width - 8)]
+    lines += [(name, colour) for name, _, colour in paths] if view is not None else []
+    for row, (text, colour) in enumerate(lines):
+        draw.text((4 + 1, 4 + LINE_PX * row + 1), text, fill=(0, 0, 0))
+        draw.text((4, 4 + LINE_PX * row), text, fill=colour)
     return image
+
+
+def wrapped(draw, text: str, width: float) -> list[str]:
+    """`text` in lines that each fit `width` pixels in the draw's font: broken between words,
+    and inside a word only where the word alone is wider."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(candidate) <= width:
+            lines[-1] = candidate
+            continue
+        while draw.textlength(word) > width and len(word) > 1:
+            fits = (i for i in range(len(word) - 1, 0, -1) if draw.textlength(word[:i]) <= width)
+            cut = next(fits, 1)
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines
 
 
 def last_frame(video: str) -> np.ndarray:

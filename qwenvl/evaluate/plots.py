@@ -10,9 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from qwenvl.evaluate.trajectory import integrate_unicycle  # noqa: E402
+from qwenvl.task import HORIZON_PAIRS, STEP_SECONDS  # noqa: E402
+from qwenvl.trajectory import integrate_unicycle  # noqa: E402
 
-STEP_SECONDS = np.arange(1, 31) / 30
+STEP_TIMES = np.arange(1, HORIZON_PAIRS + 1) * STEP_SECONDS
 
 
 def plot_trajectories(pred: np.ndarray, true: np.ndarray, ids: list[str], path: Path) -> None:
@@ -42,8 +43,8 @@ def plot_profiles(pred: np.ndarray, true: np.ndarray, ids: list[str], path: Path
         for row, (ax, unit) in enumerate(
             zip(axes, ("speed (m/s)", "curvature (1/m)"), strict=True)
         ):
-            ax.plot(STEP_SECONDS, t[:, row], "-", color=colour, label=f"{name[-12:]} true")
-            ax.plot(STEP_SECONDS, p[:, row], "--", color=colour)
+            ax.plot(STEP_TIMES, t[:, row], "-", color=colour, label=f"{name[-12:]} true")
+            ax.plot(STEP_TIMES, p[:, row], "--", color=colour)
             ax.set_ylabel(unit)
     axes[1].set_xlabel("seconds ahead (solid: true, dashed: predicted)")
     axes[0].legend(fontsize=6, ncol=2)

@@ -1,7 +1,7 @@
-"""Answer test samples with a model, each rank its share of them, and gather the prediction
-records on every rank in the test file's order, so any number of GPUs gives one process's
-predictions.jsonl. A sample that cannot be answered (its video missing or undecodable, its
-labels absent) is named and counted, and every other one is still scored."""
+"""Answer test samples with a model, each rank its share of them, and build the prediction
+records (predictions.jsonl) in the test file's order, so any number of GPUs gives one process's
+predictions. A sample that cannot be answered (its video missing or undecodable, its labels
+absent) is named and counted, and every other one is still scored."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from tqdm import tqdm
-
 from qwenvl import record
 from qwenvl.answer import AnswerParseError, parse_pairs
-from qwenvl.chat import user_text_of
-from qwenvl.distributed import gather_in_order, share
-from qwenvl.inference.generate import ClipUnreadable, clip_of, generate_answers
-from qwenvl.inference.load import LoadedModel
+from qwenvl.inference.answering import answer_samples
+from qwenvl.inference.backend import Backend
+from qwenvl.metrics import scoring_problem
 
 
 def prediction_record(sample: dict, text: str) -> dict:
@@ -37,20 +34,8 @@ def prediction_record(sample: dict, text: str) -> dict:
     }
 
 
-def scoring_problem(sample: dict) -> str | None:
-    """Why a sample cannot be scored from its own fields (labels, prompt), or None."""
-    missing = [f.name for f in record.LABELS if len(sample.get(f.name) or ()) != 30]
-    if missing:
-        return f"no 30 values of {', '.join(missing)}"
-    try:
-        user_text_of(sample)
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return "no human/gpt conversation"
-    return None
-
-
 def predict_samples(
-    loaded: LoadedModel,
+    backend: Backend,
     samples,
     rank: int,
     world: int,
@@ -59,34 +44,12 @@ def predict_samples(
     constrained: bool = True,
 ) -> tuple[list[dict], dict[str, str]]:
     """(prediction records of every sample that could be answered, in order, and the others:
-    id -> why), on every rank; this rank answers its share (every world-th sample) in batches,
-    with a progress bar on rank 0."""
-    mine = share(samples, rank, world)
-    answered, unscored = [], []
-    with tqdm(total=len(mine), desc="generating", unit="clip", disable=rank != 0) as bar:
-        for start in range(0, len(mine), batch_size):
-            ready, clips = [], []
-            for index, sample in mine[start : start + batch_size]:
-                try:
-                    problem = scoring_problem(sample)
-                    if problem:
-                        raise ClipUnreadable(problem)
-                    clips.append(clip_of(sample, loaded.settings))
-                    ready.append((index, sample))
-                except ClipUnreadable as err:
-                    unscored.append((index, (sample.get("id", f"sample {index}"), str(err))))
-            if ready:
-                texts = generate_answers(
-                    loaded,
-                    clips,
-                    [user_text_of(sample) for _, sample in ready],
-                    max_new_tokens=max_new_tokens,
-                    constrained=constrained,
-                )
-                for (index, sample), text in zip(ready, texts, strict=True):
-                    answered.append((index, prediction_record(sample, text)))
-            bar.update(len(mine[start : start + batch_size]))
-    return gather_in_order(answered, world), dict(gather_in_order(unscored, world))
+    id -> why), on every rank."""
+    done = answer_samples(
+        backend, samples, rank, world, batch_size, constrained, max_new_tokens, scoring_problem
+    )
+    records = [prediction_record(samples[index], answer.text) for index, answer in done.answers]
+    return records, dict(why for _, why in done.unanswered)
 
 
 def test_set(path: str | Path, samples) -> dict:

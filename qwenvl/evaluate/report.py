@@ -10,19 +10,12 @@ import numpy as np
 
 from qwenvl.evaluate.baselines import baseline_predictions, strongest
 from qwenvl.evaluate.gallery import gallery_markdown, write_gallery
-from qwenvl.evaluate.metrics import bucketed_metrics
 from qwenvl.evaluate.plots import plot_error_histogram, plot_profiles, plot_trajectories
-from qwenvl.evaluate.trajectory import displacement_errors, integrate_unicycle
+from qwenvl.metrics import COUNT_TITLE, METRICS, bucketed_metrics, displacements
+from qwenvl.task import HORIZON_PAIRS
 
-COLUMNS = [
-    ("n", "n", "{:d}"),
-    ("speed_mae", "speed MAE (m/s)", "{:.3f}"),
-    ("speed_rmse", "speed RMSE (m/s)", "{:.3f}"),
-    ("curvature_mae", "curv. MAE (1/m)", "{:.4f}"),
-    ("curvature_rmse", "curv. RMSE (1/m)", "{:.4f}"),
-    ("ade_m", "ADE 1 s (m)", "{:.3f}"),
-    ("fde_m", "FDE 1 s (m)", "{:.3f}"),
-]
+# The tables' columns: the count, then every metric of the registry.
+COLUMNS = [("n", COUNT_TITLE, "{:d}"), *((m.key, m.title, m.fmt) for m in METRICS)]
 
 
 def score(records: list[dict], train_future: np.ndarray | None) -> dict:
@@ -39,8 +32,8 @@ def score(records: list[dict], train_future: np.ndarray | None) -> dict:
             "failures": dict(Counter(r["parse_error"] for r in records if r["pairs"] is None)),
         },
         "model": bucketed_metrics(
-            np.array([r["pairs"] for r in parsed]).reshape(-1, 30, 2),
-            np.array([r["true_pairs"] for r in parsed]).reshape(-1, 30, 2),
+            np.array([r["pairs"] for r in parsed]).reshape(-1, HORIZON_PAIRS, 2),
+            np.array([r["true_pairs"] for r in parsed]).reshape(-1, HORIZON_PAIRS, 2),
         ),
         "baselines": {name: bucketed_metrics(pred, true_all) for name, pred in baselines.items()},
     }
@@ -178,14 +171,14 @@ def write_plots(records: list[dict], output_dir: Path, count: int = 4) -> None:
         ids = [r["id"] for r in shown]
         plot_trajectories(pred, true, ids, output_dir / "trajectories.png")
         plot_profiles(pred, true, ids, output_dir / "profiles.png")
-    ade = {"model": np.array([_ade(r["pairs"], r["true_pairs"]) for r in parsed])}
+    ade = {"model": _ades([r["pairs"] for r in parsed], [r["true_pairs"] for r in parsed])}
     observed = np.array([r["observed_pairs"] for r in records])
     truth = np.array([r["true_pairs"] for r in records])
     for name, pred_all in baseline_predictions(observed, None).items():
-        ade[name] = np.array([_ade(p, t) for p, t in zip(pred_all, truth, strict=True)])
+        ade[name] = _ades(pred_all, truth)
     plot_error_histogram(ade, output_dir / "ade_histogram.png")
 
 
-def _ade(pred, true) -> float:
-    p, t = np.asarray(pred), np.asarray(true)
-    return displacement_errors(integrate_unicycle(*p.T), integrate_unicycle(*t.T))[0]
+def _ades(pred, true) -> np.ndarray:
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1, HORIZON_PAIRS, 2)
+    return displacements(pred, np.asarray(true, dtype=np.float64).reshape(pred.shape))[:, 0]

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from qwenvl.answer import NUM_PAIRS
+from qwenvl.task import CLIP_FRAMES, HORIZON_PAIRS
 
-SEGMENT_FRAMES = NUM_PAIRS  # 30 frames: 1 s at 30 FPS
+SEGMENT_FRAMES = CLIP_FRAMES  # a segment's own frames: 1 s at 30 FPS
 MIN_CLIP_SECONDS = 2.0
 US_PER_SECOND = 1_000_000
 
@@ -139,7 +139,10 @@ def check_timestamps(timestamps_us: np.ndarray) -> np.ndarray:
         raise ClipError("camera timestamps contain NaN or are empty")
     if np.any(np.diff(t) <= 0):
         raise ClipError("camera timestamps are not strictly increasing")
-    if len(t) < 2 * SEGMENT_FRAMES or t[-1] - t[0] < (MIN_CLIP_SECONDS - 0.1) * US_PER_SECOND:
+    if (
+        len(t) < SEGMENT_FRAMES + HORIZON_PAIRS
+        or t[-1] - t[0] < (MIN_CLIP_SECONDS - 0.1) * US_PER_SECOND
+    ):
         raise ClipError(f"clip shorter than {MIN_CLIP_SECONDS:g} s ({len(t)} frames)")
     return t.astype(np.int64)
 
@@ -152,7 +155,7 @@ def segment_starts(timestamps_us: np.ndarray) -> list[int]:
     starts = []
     for second in range(int(timestamps_us[-1] // US_PER_SECOND) + 1):
         start = int(np.argmin(np.abs(timestamps_us - second * US_PER_SECOND)))
-        if start + 2 * SEGMENT_FRAMES > len(timestamps_us):
+        if start + SEGMENT_FRAMES + HORIZON_PAIRS > len(timestamps_us):
             break
         starts.append(start)
     return starts
@@ -187,7 +190,7 @@ def make_segments(timestamps_us: np.ndarray, egomotion: pd.DataFrame) -> ClipSeg
         frames = np.arange(start, start + SEGMENT_FRAMES)
         try:
             observed = motion(t[frames])
-            future = motion(t[frames + SEGMENT_FRAMES])
+            future = motion(t[start + SEGMENT_FRAMES + np.arange(HORIZON_PAIRS)])
         except ValueError as err:
             dropped[index] = str(err)
             continue

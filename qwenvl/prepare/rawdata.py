@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from physical_ai_av.dataset import Features
 
@@ -133,6 +134,10 @@ def read_split_labels(root: Path, split_name: str) -> pd.Series:
     return read_by_clip(path)["split"].astype(str)
 
 
+class NoCalibration(ValueError):
+    """A clip without a usable camera calibration; str() says why (it still trains)."""
+
+
 class MissingClipData(FileNotFoundError):
     """A file a clip needs is in neither the chunk zip nor an extracted folder."""
 
@@ -157,7 +162,7 @@ class RawDataset:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self._zips: dict[Path, zipfile.ZipFile | None] = {}
-        self._calibration: dict[tuple[str, int], pd.DataFrame | None] = {}
+        self._calibration: dict[tuple[str, int], pd.DataFrame | NoCalibration] = {}
 
     @cached_property
     def features(self) -> Features:
@@ -278,32 +283,65 @@ class RawDataset:
         member = self.member(EGOMOTION, clip_id, EGOMOTION)
         return pd.read_parquet(io.BytesIO(self._read_member(EGOMOTION, chunk, member)))
 
-    def _calibration_table(self, kind: str, chunk: int) -> pd.DataFrame | None:
-        """A chunk's calibration table of one kind (read once), or None when it is not here."""
+    def _calibration_table(self, kind: str, chunk: int) -> pd.DataFrame:
+        """A chunk's calibration table of one kind (read once); NoCalibration says why there
+        is none (not in features.csv, not downloaded, unreadable)."""
         key = (kind, chunk)
         if key not in self._calibration:
-            path = self.root / self.chunk_file(kind, chunk)
-            self._calibration[key] = pd.read_parquet(path) if path.is_file() else None
-        return self._calibration[key]
+            try:
+                self._calibration[key] = self._read_calibration(kind, chunk)
+            except NoCalibration as err:
+                self._calibration[key] = err
+        found = self._calibration[key]
+        if isinstance(found, NoCalibration):
+            raise found
+        return found
 
-    def calibration(self, clip_id: str, chunk: int) -> dict | None:
+    def _read_calibration(self, kind: str, chunk: int) -> pd.DataFrame:
+        if kind not in self.features.ALL:
+            raise NoCalibration(f"features.csv lists no {kind}")
+        try:
+            path = self.root / self.chunk_file(kind, chunk)
+        except (KeyError, ValueError) as err:
+            raise NoCalibration(f"features.csv has no file template for {kind} ({err})") from None
+        if not path.is_file():
+            raise NoCalibration(f"{kind} not downloaded (no {path.name})")
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as err:
+            raise NoCalibration(
+                f"{path.name} cannot be read ({str(err).splitlines()[0]})"
+            ) from None
+
+    def calibration(self, clip_id: str, chunk: int) -> dict:
         """This camera's calibration of a clip as the dataset ships it: its f-theta intrinsics
         row (at the video's own size), its pose on the rig (sensor_extrinsics) and the
-        vehicle's width; None where the chunk's files or the clip's rows are not here."""
+        vehicle's width where given. NoCalibration says why the clip has none (the overlay
+        needs it; segments and labels do not)."""
         found = {}
         for kind, columns in (("camera_intrinsics", INTRINSICS), ("sensor_extrinsics", POSE)):
             table = self._calibration_table(kind, chunk)
             try:
-                row = table.loc[(clip_id, self.camera)] if table is not None else None
-            except KeyError:
-                row = None
-            if row is None or any(c not in row.index for c in columns):
-                return None
-            found[kind] = {c: float(row[c]) for c in columns}
+                row = table.loc[(clip_id, self.camera)]
+            except (KeyError, TypeError, ValueError):
+                raise NoCalibration(f"{kind} has no row for this clip's {self.camera}") from None
+            if isinstance(row, pd.DataFrame):
+                row = row.iloc[0]
+            missing = [c for c in columns if c not in row.index]
+            if missing:
+                raise NoCalibration(f"{kind} lacks the columns {', '.join(missing)}")
+            values = {c: pd.to_numeric(row[c], errors="coerce") for c in columns}
+            if not all(np.isfinite(float(v)) for v in values.values()):
+                raise NoCalibration(f"{kind} holds NaN or non-numbers")
+            found[kind] = {c: float(v) for c, v in values.items()}
         result = {"camera": self.camera, **found}
-        dimensions = self._calibration_table("vehicle_dimensions", chunk)
-        if dimensions is not None and clip_id in dimensions.index and "width" in dimensions:
-            result["vehicle_width"] = float(dimensions.loc[clip_id, "width"])
+        try:
+            dimensions = self._calibration_table("vehicle_dimensions", chunk)
+            width = float(dimensions.loc[clip_id, "width"])
+            if np.isfinite(width):
+                result["vehicle_width"] = width
+        except (NoCalibration, KeyError, TypeError, ValueError):
+            pass  # the overlay draws the path without the vehicle's band
         return result
 
     def close(self) -> None:

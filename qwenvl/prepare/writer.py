@@ -18,20 +18,11 @@ import numpy as np
 
 from qwenvl.cli import DiskFull, disk_full
 from qwenvl.files import atomic_write_text
+from qwenvl.layout import CLIP_RESULTS
 from qwenvl.prepare.labels import SEGMENT_FRAMES, ClipError, Segment, make_segments
-from qwenvl.prepare.rawdata import MissingClipData, RawDataset
+from qwenvl.prepare.rawdata import MissingClipData, NoCalibration, RawDataset
 from qwenvl.record import segment_id
-
-SEGMENT_FPS = 30
-MANIFEST = "manifest.parquet"
-# The manifest is read a row group at a time (prepare_huggingface_dataset.py): groups this
-# size keep that memory small whatever the number of segments.
-MANIFEST_ROW_GROUP = 8192
-# In the segments folder: each clip's calibration of the camera cut (one row per clip, not per
-# segment); evaluation and prediction find it beside the segments' videos/.
-CALIBRATION = "calibration.parquet"
-SOURCE = "source.json"  # in the segments folder: the dataset root and camera they were cut from
-CLIP_RESULTS = "clips"  # in a run's staging folder: one JSON per clip finished
+from qwenvl.task import CLIP_FPS
 
 
 def output_size(width: int, height: int, max_width: int) -> tuple[int, int]:
@@ -56,7 +47,7 @@ class _SegmentWriter:
         # ultrafast at a low CRF: segments are training inputs, re-decoded many times, and
         # encoding them must not cost more than decoding the source (see BENCHMARKS.md).
         self.stream = self.container.add_stream(
-            "libx264", rate=SEGMENT_FPS, options={"preset": "ultrafast", "crf": "18"}
+            "libx264", rate=CLIP_FPS, options={"preset": "ultrafast", "crf": "18"}
         )
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         self.stream.thread_count = 1
@@ -64,7 +55,7 @@ class _SegmentWriter:
 
     def add(self, frame: av.VideoFrame) -> bool:
         """Encode one frame; True once the segment is complete and closed."""
-        frame.pts, frame.time_base = self.count, Fraction(1, SEGMENT_FPS)
+        frame.pts, frame.time_base = self.count, Fraction(1, CLIP_FPS)
         self.container.mux(self.stream.encode(frame))
         self.count += 1
         if self.count == SEGMENT_FRAMES:
@@ -151,10 +142,10 @@ def _encode_segments(
 
 def process_clip(
     dataset: RawDataset, clip_id: str, chunk: int, output_dir: Path, max_width: int
-) -> tuple[list[dict], dict[str, str], str]:
-    """Manifest rows for one clip's segments, the segments dropped (segment id -> why) and
-    the clip's calibration (JSON, empty where the dataset has none); ClipError (files removed)
-    when the whole clip must be skipped."""
+) -> tuple[list[dict], dict[str, str], str, str | None]:
+    """Manifest rows for one clip's segments, the segments dropped (segment id -> why), the
+    clip's calibration (JSON, empty where the dataset has none) and why it has none;
+    ClipError (files removed) when the whole clip must be skipped."""
     clip_dir = output_dir / "videos" / clip_id
     try:
         timestamps = dataset.frame_timestamps(clip_id, chunk).to_numpy()
@@ -163,8 +154,11 @@ def process_clip(
     except MissingClipData as err:
         raise ClipError(str(err)) from None
     clip = make_segments(timestamps, egomotion)
-    calibration = dataset.calibration(clip_id, chunk)
-    calibration = json.dumps(calibration, separators=(",", ":")) if calibration else ""
+    try:
+        calibration = json.dumps(dataset.calibration(clip_id, chunk), separators=(",", ":"))
+        no_calibration = None
+    except NoCalibration as err:
+        calibration, no_calibration = "", str(err)
     try:
         decoded, size = _encode_segments(video, clip.segments, output_dir, clip_id, max_width)
         if decoded != len(timestamps):
@@ -182,7 +176,7 @@ def process_clip(
         raise ClipError(f"video cannot be decoded ({err})") from None
     dropped = {segment_id(clip_id, index): why for index, why in clip.dropped.items()}
     rows = [_manifest_row(clip_id, chunk, seg, size) for seg in clip.segments]
-    return rows, dropped, calibration
+    return rows, dropped, calibration, no_calibration
 
 
 def _manifest_row(clip_id: str, chunk: int, seg: Segment, size: tuple[int, int]) -> dict:
@@ -196,7 +190,7 @@ def _manifest_row(clip_id: str, chunk: int, seg: Segment, size: tuple[int, int])
         # The segment mp4 plays at the camera's nominal 30 FPS; the processor gets this rate.
         # The measured rate (jittered timestamps) is kept for reference only, since feeding it
         # would flip Qwen3-VL's rounded "<t seconds>" stamps from one segment to the next.
-        "fps": float(SEGMENT_FPS),
+        "fps": float(CLIP_FPS),
         # What the mp4 holds, so a sample's token count is known without opening it.
         "frames": SEGMENT_FRAMES,
         "width": size[0],
@@ -221,8 +215,10 @@ def segment_clip_task(
     dataset = _datasets.setdefault((root, camera), RawDataset(Path(root), camera))
     out = Path(output_dir)
     try:
-        rows, dropped, calibration = process_clip(dataset, clip_id, int(chunk), out, max_width)
+        rows, dropped, calibration, why = process_clip(dataset, clip_id, int(chunk), out, max_width)
         result = {"clip_id": clip_id, "rows": rows, "dropped": dropped, "calibration": calibration}
+        if why:
+            result["no_calibration"] = why
     except ClipError as err:
         result = {"clip_id": clip_id, "skipped": str(err)}
     record = out / CLIP_RESULTS / f"{clip_id}.json"

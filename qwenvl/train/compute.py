@@ -1,7 +1,11 @@
 """Compute report of a training run: time, device-hours, throughput, FLOPs, MFU, peak memory.
 
-Written as compute.json in OUTPUT_DIR and in every checkpoint, so a resumed run adds its time
-to what the checkpoint it resumed from had spent.
+Written as compute.json in OUTPUT_DIR and in every checkpoint. A run resumed on other GPUs is a
+new segment of the same run: each segment keeps its own processes, batch, wall time, steps and
+tokens, and the totals add the segments up (10 h on 8 GPUs then 1 h on 4 is 96 device-hours, not
+the 44 that the last segment's world size times the total wall would say). Evaluation and
+generation time is kept apart from training time, which alone enters MFU. Tokens are counted on
+each rank without a host sync per step and summed across ranks only when the report is written.
 """
 
 from __future__ import annotations
@@ -45,10 +49,10 @@ FLOPS_FORMULA = (
 )
 
 
-def peak_tflops(device_name: str, env_value: str | None) -> float | None:
+def peak_tflops(device_name: str, given: float | str | None) -> float | None:
     """The assumed bf16 peak of one device, from PEAK_TFLOPS or the table; None if unknown."""
-    if env_value:
-        return float(env_value)
+    if given:
+        return float(given)
     for name, tflops in PEAK_BF16_TFLOPS:
         if device_name == name or device_name.startswith((f"{name} ", f"{name}-")):
             return tflops
@@ -67,43 +71,67 @@ def estimated_flops(tokens: int, parameters: int, trained: int) -> int:
     return tokens * (4 * parameters + 2 * trained)
 
 
+def earlier_segments(previous: dict) -> list[dict]:
+    """The segments a resumed run's checkpoint reports (one for a report of an earlier version,
+    which kept totals only)."""
+    if "segments" in previous:
+        return list(previous["segments"])
+    if not previous:
+        return []
+    world = previous.get("processes", 1)
+    return [
+        {
+            "processes": world,
+            "device": previous.get("device", "?"),
+            "global_batch": previous["samples"] // max(previous["steps"], 1),
+            "wall_seconds": previous.get("wall_seconds", 0.0),
+            "train_seconds": previous.get("wall_seconds", 0.0),
+            "steps": previous.get("steps", 0),
+            "samples": previous.get("samples", 0),
+            "tokens": previous.get("tokens", 0),
+        }
+    ]
+
+
 def build_report(
-    previous: dict,
-    seconds: float,
-    state,
-    world_size: int,
-    batch_per_step: int,
+    segments: list[dict],
     parameters: tuple[int, int],
-    device_name: str,
     peak: float | None,
     memory_gib: list[float],
 ) -> dict:
-    """compute.json's content: this run's seconds added to `previous` (a resumed run's)."""
-    wall = previous.get("wall_seconds", 0.0) + seconds
-    tokens = int(state.num_input_tokens_seen or 0)
-    samples = state.global_step * batch_per_step
+    """compute.json's content: the segments of the run (each as segment() gives it) and their
+    totals; MFU over training time only, each segment's on its own number of devices."""
     total, trained = parameters
+    wall = sum(s["wall_seconds"] for s in segments)
+    train_device_seconds = sum(s["train_seconds"] * s["processes"] for s in segments)
+    samples = sum(s["samples"] for s in segments)
+    tokens = sum(s["tokens"] for s in segments)
+    train_wall = sum(s["train_seconds"] for s in segments)
     flops = estimated_flops(tokens, total, trained)
-    device_hours = wall * world_size / 3600
-    mfu = flops / (wall * world_size * peak * 1e12) if peak and wall > 0 else None
+    last = segments[-1]
     return {
         "wall_seconds": wall,
-        "device": device_name,
-        "processes": world_size,
-        "device_hours": device_hours,
-        "steps": state.global_step,
+        "train_seconds": train_wall,
+        "eval_seconds": sum(s.get("eval_seconds", 0.0) for s in segments),
+        "device": last["device"],
+        "processes": last["processes"],
+        "device_hours": sum(s["wall_seconds"] * s["processes"] for s in segments) / 3600,
+        "steps": sum(s["steps"] for s in segments),
         "samples": samples,
         "tokens": tokens,
-        "samples_per_second": samples / wall if wall else 0.0,
-        "tokens_per_second": tokens / wall if wall else 0.0,
+        "samples_per_second": samples / train_wall if train_wall else 0.0,
+        "tokens_per_second": tokens / train_wall if train_wall else 0.0,
         "parameters": total,
         "trained_parameters": trained,
         "estimated_flops": flops,
         "flops_formula": FLOPS_FORMULA,
         "peak_tflops_per_device": peak,
-        "mfu": mfu,
+        "mfu": flops / (train_device_seconds * peak * 1e12)
+        if peak and train_device_seconds > 0
+        else None,
         "peak_memory_gib_per_rank": memory_gib,
-        "runs": previous.get("runs", 0) + 1,
+        "runs": len(segments),
+        "segments": segments,
     }
 
 
@@ -111,45 +139,83 @@ def summary_line(report: dict) -> str:
     mfu = f"{100 * report['mfu']:.1f}%" if report["mfu"] is not None else "n/a (unknown peak)"
     hours = "GPU" if report["device"] != "cpu" else "CPU process"
     return (
-        f"compute: {report['wall_seconds'] / 3600:.2f} h wall, {report['device_hours']:.2f} "
-        f"{hours}-hours, {report['samples_per_second']:.2f} samples/s, "
-        f"{report['tokens_per_second']:.0f} tokens/s, {report['estimated_flops']:.3g} FLOPs, "
-        f"MFU {mfu}, peak memory {max(report['peak_memory_gib_per_rank']):.1f} GiB per rank"
+        f"compute: {report['wall_seconds'] / 3600:.2f} h wall ({report['eval_seconds']:.0f} s of "
+        f"it evaluating), {report['device_hours']:.2f} {hours}-hours, "
+        f"{report['samples_per_second']:.2f} samples/s, {report['tokens_per_second']:.0f} "
+        f"tokens/s, {report['estimated_flops']:.3g} FLOPs, MFU {mfu}, peak memory "
+        f"{max(report['peak_memory_gib_per_rank']):.1f} GiB per rank"
     )
 
 
-class ComputeReport(TrainerCallback):
-    """Times the run and writes compute.json at each save and at the end (rank 0 writes)."""
+class TokenCount:
+    """Tokens trained on by this rank, summed on its device as batches pass (no host sync per
+    step); total() sums every rank's, one collective, when a report is written."""
 
-    def __init__(self, peak_env: str | None = None) -> None:
-        self.peak_env = peak_env
-        self.previous: dict = {}
-        self.start = time.monotonic()
+    def __init__(self) -> None:
+        self.count: torch.Tensor | None = None
+
+    def add(self, attention_mask: torch.Tensor) -> None:
+        tokens = attention_mask.detach().sum()
+        self.count = tokens if self.count is None else self.count + tokens
+
+    def total(self) -> int:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        count = (self.count if self.count is not None else torch.zeros((), dtype=torch.long)).to(
+            device
+        )
+        if torch.distributed.is_initialized():
+            count = count.clone()
+            torch.distributed.all_reduce(count)
+        return int(count.item())
+
+
+class ComputeReport(TrainerCallback):
+    """Times the run and writes compute.json at each save and at the end (rank 0 writes).
+    `tokens` counts what the trainer trained on; `eval_seconds` says how long evaluation and
+    generation took so far."""
+
+    def __init__(self, peak: float | None = None, tokens: TokenCount | None = None) -> None:
+        self.peak = peak
+        self.tokens = tokens or TokenCount()
+        self.eval_seconds = lambda: 0.0
+        self.earlier: list[dict] = []
+        self.start, self.first_step = time.monotonic(), 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.monotonic()
+        self.start, self.first_step = time.monotonic(), state.global_step
         resumed = Path(args.output_dir) / f"checkpoint-{state.global_step}" / REPORT_FILE
         if state.global_step > 0 and resumed.is_file():
-            self.previous = json.loads(resumed.read_text())
+            self.earlier = earlier_segments(json.loads(resumed.read_text()))
+
+    def segment(self, args, state) -> dict:
+        """This segment of the run: its processes, batch, times, steps and tokens."""
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        wall = time.monotonic() - self.start
+        evaluating = min(self.eval_seconds(), wall)
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        steps = state.global_step - self.first_step
+        return {
+            "processes": args.world_size,
+            "device": device,
+            "global_batch": batch * args.world_size,
+            "wall_seconds": wall,
+            "train_seconds": wall - evaluating,
+            "eval_seconds": evaluating,
+            "steps": steps,
+            "samples": steps * batch * args.world_size,
+            "tokens": self.tokens.total(),
+        }
 
     def report(self, args, state, model) -> dict:
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         memory = [peak_memory_gib()]
         if torch.distributed.is_initialized() and args.world_size > 1:
             gathered: list = [None] * args.world_size
             torch.distributed.all_gather_object(gathered, memory[0])
             memory = gathered
-        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        segments = [*self.earlier, self.segment(args, state)]
+        device = segments[-1]["device"]
         return build_report(
-            self.previous,
-            time.monotonic() - self.start,
-            state,
-            args.world_size,
-            batch * args.world_size,
-            parameter_counts(model),
-            device,
-            peak_tflops(device, self.peak_env),
-            memory,
+            segments, parameter_counts(model), peak_tflops(device, self.peak), memory
         )
 
     def _write(self, args, state, model, directory: Path) -> dict:

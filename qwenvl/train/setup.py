@@ -9,7 +9,7 @@ import re
 
 import torch
 
-from qwenvl.train.settings import LoraSettings, TuneFlags
+from qwenvl.train.config import LoraSettings, TuneFlags
 
 logger = logging.getLogger(__name__)
 

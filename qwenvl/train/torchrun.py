@@ -17,10 +17,13 @@ USER_ERROR = 2
 
 
 class _QuietOnUserError(logging.Filter):
-    """Drops the agent's "failed (exitcode: 2)" line: the worker's own line says it all."""
+    """Drops the agent's "failed (exitcode: 2)" line, and its notice that it stops the other
+    ranks (which follows any failure): the worker's own line says it all, and stays last."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.msg.startswith("failed (exitcode") and record.args[0] == USER_ERROR)
+        if str(record.msg).startswith("Sending process"):
+            return False
+        return not (str(record.msg).startswith("failed (exitcode") and record.args[0] == USER_ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ eval_loss."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from transformers import Trainer
 from qwenvl.cli import DiskFull, disk_full
 from qwenvl.data.collator import SKIPPED
 from qwenvl.data.dataset import IGNORE_INDEX
+from qwenvl.train.compute import TokenCount
 from qwenvl.train.setup import component
 
 MASTERS = "fp32_masters.safetensors"  # in a checkpoint whose weights are saved in bf16
@@ -61,10 +63,14 @@ class QwenVLTrainer(Trainer):
         vision_lr: float | None = None,
         generation_metrics=None,
         label_only_logits: bool = True,
+        token_count: TokenCount | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.skipped_samples: dict[str, str] = {}  # id -> why, found while reading batches
+        self.token_count = token_count or TokenCount()
+        self.eval_seconds = 0.0  # evaluation and generation, kept apart from training time
+        self.group_settings: list[dict] = []  # each optimizer group's own hyperparameters
         self.projector_lr = projector_lr
         self.vision_lr = vision_lr
         self.generation_metrics = generation_metrics
@@ -77,6 +83,8 @@ class QwenVLTrainer(Trainer):
         batch are counted in `skipped_samples`."""
         for sample_id, why in inputs.pop(SKIPPED, ()):
             self.skipped_samples[sample_id] = why
+        if model.training:
+            self.token_count.add(inputs["attention_mask"])
         if not self.label_only_logits or "labels" not in inputs:
             inputs = {**inputs, "use_cache": False}
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -95,6 +103,13 @@ class QwenVLTrainer(Trainer):
     def evaluate(self, *args, **kwargs) -> dict[str, float]:
         """eval_loss, plus task metrics in metres from generated answers when asked for
         (qwenvl.train.task_metrics), logged beside it."""
+        started = time.monotonic()
+        try:
+            return self._evaluate(*args, **kwargs)
+        finally:
+            self.eval_seconds += time.monotonic() - started
+
+    def _evaluate(self, *args, **kwargs) -> dict[str, float]:
         metrics = super().evaluate(*args, **kwargs)
         if self.generation_metrics is not None:
             # Under the trainer's autocast, as its forward runs: generate() calls the vision
@@ -161,6 +176,30 @@ class QwenVLTrainer(Trainer):
                     if name in saved:
                         param.copy_(saved[name])
 
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        """The Trainer's load, then, after DeepSpeed loaded a universal checkpoint (a resume on
+        another number of processes), what that load gets wrong in DeepSpeed 0.19: it hands
+        every parameter group the same `step` tensor (the fused AdamW then counts each step
+        once per group, which breaks Adam's bias correction) and group 0's hyperparameters."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        config = getattr(self.args, "hf_deepspeed_config", None)
+        universal = config is not None and config.config.get("checkpoint", {}).get("load_universal")
+        if not (checkpoint and self.is_deepspeed_enabled and universal):
+            return
+        inner = self.model_wrapped.optimizer.optimizer
+        for state in inner.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()
+        scheduler = self.lr_scheduler
+        rates = scheduler.get_last_lr() if scheduler is not None else []
+        peaks = getattr(scheduler, "base_lrs", [])  # the scheduler's state holds each group's
+        groups = inner.param_groups
+        if len(self.group_settings) == len(groups):
+            for number, (group, ours) in enumerate(zip(groups, self.group_settings, strict=True)):
+                group.update(ours)
+                if len(rates) == len(groups) and len(peaks) == len(groups):
+                    group["lr"], group["initial_lr"] = rates[number], peaks[number]
+
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             groups = parameter_groups(
@@ -172,6 +211,9 @@ class QwenVLTrainer(Trainer):
             )
             optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
             optimizer_kwargs.pop("lr", None)
+            self.group_settings = [
+                {"weight_decay": g["weight_decay"], "group_name": g["group_name"]} for g in groups
+            ]
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 

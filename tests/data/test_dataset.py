@@ -12,7 +12,7 @@ from qwenvl.data.collator import VideoCollator
 from qwenvl.data.dataset import IGNORE_INDEX, SupervisedDataset, TokenCounter, encode_clip
 from qwenvl.data.samples import load_samples
 from qwenvl.model import load_model
-from qwenvl.train.settings import LoraSettings, TuneFlags
+from qwenvl.train.config import LoraSettings, TuneFlags
 from qwenvl.train.setup import apply_lora, freeze_for_full
 from qwenvl.train.trainer import parameter_groups
 from qwenvl.video import VideoSettings, decode_video, frame_size, visual_token_count

@@ -4,9 +4,9 @@ gives (and the seed guide's way of reading it), in order and for every name%pct 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +63,41 @@ def test_two_files_concatenate_and_slices_and_subsets_stay_lazy(training_dir):
     assert set(both.column("problem", fill=None).tolist()) == {None}
 
 
-def test_an_edited_json_is_read_instead_of_its_older_store(training_dir, tmp_path, capsys):
+def test_the_store_is_used_only_for_the_json_it_was_written_from(training_dir, tmp_path, capsys):
+    """The store is tied to its JSON by content: an edit dated back, or another dataset's store
+    copied in, is never trained on; the JSON is read instead, with a line saying why."""
     copy = tmp_path / "training"
     shutil.copytree(training_dir, copy)
-    rows = json.loads((copy / "train.json").read_text())
-    time.sleep(0.01)
-    (copy / "train.json").write_text(json.dumps(rows[:3]))
-    assert len(load_samples([str(copy / "train.json")])) == 3
-    assert "changed after train.arrow was written; reading the JSON" in capsys.readouterr().out
+    train, val = copy / "train.json", copy / "val.json"
+    stat = train.stat()
+    first = json.loads(train.read_text())[0]["id"]
+    # The same size, and the mtime set back to before the store: only the content tells.
+    train.write_text(train.read_text().replace(f'"{first}"', f'"{first[:-2]}99"', 1))
+    assert train.stat().st_size == stat.st_size
+    os.utime(train, ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**9))
+    assert load_samples([str(train)])[0]["id"] == f"{first[:-2]}99"
+    assert "train.arrow was not written from this train.json" in capsys.readouterr().out
+    # Another split's store copied beside this JSON: the same.
+    shutil.copyfile(copy / "test.arrow", val.with_suffix(".arrow"))
+    shutil.copyfile(copy / "test.arrow.json", val.with_suffix(".arrow.json"))
+    ids = [s["id"] for s in load_samples([str(val)])]
+    assert ids == [r["id"] for r in json.loads(val.read_text())]
+    assert "val.arrow was not written from this val.json" in capsys.readouterr().out
+
+
+def test_a_swapped_prompt_json_or_a_truncated_store_is_one_line(training_dir, tmp_path):
+    from qwenvl.chat import PromptSettings
+
+    copy = tmp_path / "training"
+    shutil.copytree(training_dir, copy)
+    PromptSettings(ego_history_seconds=1.0).save(copy)  # another dataset's prompt
+    with pytest.raises(ValueError, match="prompt.json: not the prompt train.json was written"):
+        load_samples([str(copy / "train.json")])
+    shutil.copyfile(training_dir / "prompt.json", copy / "prompt.json")
+    store = copy / "test.arrow"
+    store.write_bytes(store.read_bytes()[: store.stat().st_size // 2])
+    with pytest.raises(ValueError, match="test.arrow: cannot be read"):
+        load_samples([str(copy / "test.json")])
 
 
 @pytest.mark.parametrize("spec", ["train.json", "train.json%50"])

@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import build_training_json, run_script, script_main, script_module
+from conftest import build_training_json, run_main, run_script, script_main, script_module
 from PIL import Image
 
 from qwenvl.evaluate.overlay import PREDICTED_COLOUR
-from qwenvl.standins.synthetic import constant_profile, encode_mp4, write_synthetic_dataset
+from qwenvl.standins.motion import constant_profile
+from qwenvl.standins.render import encode_mp4
+from qwenvl.standins.synthetic import write_synthetic_dataset
 
 SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
 
@@ -88,19 +90,12 @@ def adapter(tiny_model_dir, steady_data, tmp_path_factory) -> Path:
     )
 
 
-def test_evaluate_fine_tuned_model_writes_every_output(fine_tuned, steady_data, tmp_path):
+def test_evaluate_fine_tuned_model_writes_every_output(fine_tuned, steady_data, tmp_path, capsys):
     out = tmp_path / "eval"
-    result = run_script(
-        "scripts/evaluate.py",
-        "--model-path",
-        str(fine_tuned),
-        "--test-json",
-        str(steady_data / "training" / "test.json"),
-        "--batch-size",
-        "2",
-        "--output-dir",
-        str(out),
-    )
+    argv = ["--model-path", str(fine_tuned), "--test-json", str(steady_data / "training" /
+            "test.json"), "--batch-size", "2", "--output-dir", str(out)]  # fmt: skip
+    assert script_main("evaluate")(argv) == 0
+    result = capsys.readouterr()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["parse"]["parsed"] == metrics["parse"]["total"] == 3
     model = metrics["model"]["all"]
@@ -115,7 +110,7 @@ def test_evaluate_fine_tuned_model_writes_every_output(fine_tuned, steady_data, 
     assert "| model | 3 |" in report and "hold_last" in report and "## left" in report
     for png in ("trajectories.png", "profiles.png", "ade_histogram.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    assert "| model | 3 |" in result.stdout
+    assert "| model | 3 |" in result.out
     # The gallery: best, median and worst of the three clips, drawn through the calibration
     # segmenting stored, embedded in the report.
     gallery = json.loads((out / "gallery.json").read_text())
@@ -165,101 +160,107 @@ def test_gallery_draws_a_clip_without_calibration_plain_and_counts_it(steady_dat
         assert drawn == (not pick["id"].startswith(lacking))
 
 
-def test_evaluate_base_model_counts_parse_failures(tiny_model_dir, steady_data, tmp_path):
+def test_evaluate_base_model_counts_parse_failures(tiny_model_dir, steady_data, tmp_path, capsys):
     out = tmp_path / "eval"
-    run_script(
-        "scripts/evaluate.py",
-        "--model-path",
-        str(tiny_model_dir),
-        "--test-json",
-        str(steady_data / "training" / "test.json"),
-        "--max-samples",
-        "2",
-        "--max-new-tokens",
-        "12",
-        "--output-dir",
-        str(out),
-    )
+    test_json = steady_data / "training" / "test.json"
+    run_main("evaluate", "--model-path", tiny_model_dir, "--test-json", test_json,
+             "--max-samples", "2", "--max-new-tokens", "12", "--output-dir", out)  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["parse"]["total"] == 2 and metrics["parse"]["parsed"] == 0
     assert sum(metrics["parse"]["failures"].values()) == 2
     assert metrics["model"]["all"] == {"n": 0}
     assert metrics["baselines"]["hold_last"]["all"]["n"] == 2
-    again = run_script(
-        "scripts/evaluate.py",
-        "--model-path",
-        str(tiny_model_dir),
-        "--test-json",
-        str(steady_data / "training" / "test.json"),
-        "--output-dir",
-        str(out),
-        check=False,
-    )
-    assert again.returncode == 2 and "--overwrite-output" in again.stderr
+    argv = ["--model-path", str(tiny_model_dir), "--test-json", str(test_json),
+            "--output-dir", str(out)]  # fmt: skip
+    assert script_main("evaluate")(argv) == 2
+    assert "--overwrite-output" in capsys.readouterr().err
 
 
 def test_batched_generation_equals_one_at_a_time(fine_tuned, steady_data):
-    from qwenvl.inference.generate import generate_answers
-    from qwenvl.inference.load import load_for_inference
+    from qwenvl.inference.backend import Request
+    from qwenvl.inference.spec import read_spec
+    from qwenvl.inference.transformers_backend import TransformersBackend
     from qwenvl.video import decode_video
 
-    loaded = load_for_inference(str(fine_tuned))
+    backend = TransformersBackend.load(read_spec(str(fine_tuned)))
     videos = sorted((steady_data / "seg" / "videos").rglob("*.mp4"))[:2]
-    clips = [decode_video(v, loaded.settings) for v in videos]
+    clips = [decode_video(v, backend.spec.video) for v in videos]
     # A narrower third clip gives a shorter prompt, so the batch really pads on the left.
     clips.append((clips[0][0][:, :, :64], clips[0][1]))
-    prompt = loaded.user_prompt().user_text()
-    batched = generate_answers(loaded, clips, [prompt] * len(clips), max_new_tokens=60)
-    single = [generate_answers(loaded, [clip], [prompt], max_new_tokens=60)[0] for clip in clips]
+    prompt = backend.spec.user_prompt().user_text()
+    requests = [Request(frames, fps, prompt) for frames, fps in clips]
+    batched = backend.answer(requests, max_new_tokens=60)
+    single = [backend.answer([r], max_new_tokens=60)[0] for r in requests]
     assert batched == single
-    assert batched[0].startswith("[(8.0, 0.010)")
+    assert batched[0].text.startswith("[(8.0, 0.010)")
+    # Token counts: the narrower clip's prompt is shorter.
+    assert batched[2].prompt_tokens < batched[0].prompt_tokens
+    assert all(a.answer_tokens == 60 for a in batched)  # 30 pairs need more: cut at the budget
 
 
-def test_predict_resamples_any_mp4_to_one_second_of_30_frames(fine_tuned, tmp_path):
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (96, 160, 3), dtype=np.uint8) for _ in range(50)]
-    clip = tmp_path / "clip_20fps.mp4"
-    clip.write_bytes(encode_mp4(frames, 160, 96, fps=20))  # 2.5 s at 20 FPS
-    result = run_script("scripts/predict.py", "--model-path", str(fine_tuned), "--json", str(clip))
-    record = json.loads(result.stdout.strip().splitlines()[-1])
-    assert record["error"] is None and len(record["pairs"]) == 30
-    plain = run_script("scripts/predict.py", "--model-path", str(fine_tuned), str(clip))
-    assert plain.stdout.count("(") == 30
+def test_predict_resamples_any_mp4_and_answers_batched_as_one_at_a_time(
+    fine_tuned, steady_data, tmp_path, capsys
+):
+    """A clip of another rate and length is made one second of 30 frames; the model trained on
+    the steady clips answers it with their motion; batches answer as clips one at a time do."""
+    from qwenvl.video import decode_video
+
+    segment = sorted((steady_data / "seg" / "videos").rglob("*.mp4"))[0]
+    frames, _ = decode_video(segment)
+    longer = np.concatenate([frames, frames[:20]])  # 50 frames: 2.5 s at 20 FPS
+    clip = tmp_path / "clips" / "clip_20fps.mp4"
+    clip.parent.mkdir()
+    clip.write_bytes(encode_mp4(longer, longer.shape[2], longer.shape[1], fps=20))
+    predict = script_main("predict")
+    assert predict(["--model-path", str(fine_tuned), "--json", str(clip)]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["error"] is None and record["pairs"] == [[8.0, 0.01]] * 30
+    videos = [str(clip), str(segment), str(clip)]
+    answers = {}
+    for batch in ("1", "2"):
+        argv = ["--model-path", str(fine_tuned), "--batch-size", batch, *videos]
+        assert predict(argv) == 0
+        answers[batch] = capsys.readouterr().out.strip().splitlines()
+    assert answers["1"] == answers["2"] and len(answers["1"]) == 3
+    assert answers["1"][1] == f"{segment}: [" + ", ".join(["(8.0, 0.010)"] * 30) + "]"
 
 
 def test_predict_names_each_clip_it_cannot_read_answers_and_draws_the_rest(
-    fine_tuned, steady_data, tmp_path
+    fine_tuned, steady_data, tmp_path, capsys
 ):
     """Unreadable clips are named and the rest answered; with --render each answered clip's
     last frame is a PNG, with the path where its calibration is known and plain where not."""
-    empty = tmp_path / "empty.mp4"
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    empty = clips / "empty.mp4"
     empty.write_bytes(b"")
-    text = tmp_path / "notes.mp4"
+    text = clips / "notes.mp4"
     text.write_text("this is not a video\n")
     good = sorted((steady_data / "seg" / "videos").rglob("*.mp4"))[0]
-    loose = tmp_path / "loose.mp4"  # an mp4 outside any segments folder: no calibration
+    loose = clips / "loose.mp4"  # an mp4 outside any segments folder: no calibration
     loose.write_bytes(good.read_bytes())
     videos = [str(empty), str(text), str(good), str(loose)]
-    args = ["scripts/predict.py", "--model-path", str(fine_tuned), *videos]
-    result = run_script(*args, "--render", str(tmp_path / "renders"), check=False)
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    predict = script_main("predict")
+    args = ["--model-path", str(fine_tuned), *videos]
+    assert predict([*args, "--render", str(tmp_path / "renders")]) == 1
+    out = capsys.readouterr()
+    errors = [line for line in out.err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and "empty.mp4: cannot decode" in errors[0]
     assert "notes.mp4: cannot decode" in errors[1]
-    assert "Traceback" not in result.stderr
-    answers = result.stdout.strip().splitlines()
+    assert "Traceback" not in out.err
+    answers = out.out.strip().splitlines()
     assert len(answers) == 2 and answers[0].startswith(f"{good}: [(8.0, 0.010)")
     drawn = np.asarray(Image.open(tmp_path / "renders" / f"{good.stem}.png").convert("RGB"))
     assert (np.abs(drawn.astype(int) - PREDICTED_COLOUR).sum(axis=-1) < 40)[30:].sum() > 10
     plain = np.asarray(Image.open(tmp_path / "renders" / "loose.png").convert("RGB"))
     assert not (np.abs(plain.astype(int) - PREDICTED_COLOUR).sum(axis=-1) < 40)[30:].any()
-    assert f"{loose}: drawn without its path: no calibration.parquet" in result.stderr
+    assert f"{loose}: drawn without its path: no calibration.parquet" in out.err
     assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == sorted(
         [f"{good.stem}.png", "loose.png"]
     )  # nothing for the clips it could not read
-    as_json = run_script(*args, "--json", check=False)
-    records = [json.loads(line) for line in as_json.stdout.strip().splitlines()]
-    assert as_json.returncode == 1 and [r["video"] for r in records] == videos
+    assert predict([*args, "--json"]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["video"] for r in records] == videos
     assert [r["error"] is not None for r in records] == [True, True, False, False]
     assert records[2]["pairs"][0] == [8.0, 0.01]
 
@@ -281,56 +282,69 @@ def test_predict_reads_a_clips_calibration_from_the_dataset_before_any_model(
 
 
 def test_to_one_second_takes_30_frames_from_the_last_second():
-    import importlib.util
+    from qwenvl.inference.clips import to_one_second
 
-    spec = importlib.util.spec_from_file_location("predict", Path("scripts/predict.py").resolve())
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
     frames = np.arange(50)[:, None, None, None] * np.ones((1, 2, 2, 3), dtype=np.uint8)
-    out, fps = predict.to_one_second(frames, 20.0)
+    out, fps = to_one_second(frames, 20.0)
     assert len(out) == 30 and fps == 30.0
     assert out[0, 0, 0, 0] == 30 and out[-1, 0, 0, 0] == 49  # the last 20 frames, spread to 30
 
 
-def test_merged_model_logits_equal_the_adapter(adapter, tiny_model_dir, steady_data, tmp_path):
-    from transformers import Qwen3VLForConditionalGeneration
+def _answer_logits(model_dir: Path, samples, settings) -> torch.Tensor:
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-    from qwenvl.data.collator import VideoCollator
-    from qwenvl.data.dataset import SupervisedDataset
+    from qwenvl.inference import merging
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir).eval()
+    return merging.answer_logits(model, merging.encoded_samples(samples, processor, settings))
+
+
+@pytest.mark.parametrize("save_dtype", ["fp32", "bf16"])
+def test_merge_in_fp32_keeps_the_adapter_and_reports_what_the_saved_dtype_keeps(
+    adapter, steady_data, tmp_path, capsys, save_dtype
+):
+    """The merge adds in fp32 whatever the saved dtype; its report says how much of the update
+    the saved weights keep, and the merged model's logits match the adapter's within what that
+    dtype allows."""
     from qwenvl.data.samples import load_samples
-    from qwenvl.inference.load import load_for_inference
+    from qwenvl.inference.spec import read_spec
+    from qwenvl.inference.transformers_backend import TransformersBackend
 
+    test_json = steady_data / "training" / "test.json"
     merged_dir = tmp_path / "merged"
-    run_script(
-        "scripts/merge_lora.py", "--adapter-path", str(adapter), "--output-dir", str(merged_dir)
+    merge = script_main("merge_lora")
+    argv = ["--adapter-path", str(adapter), "--output-dir", str(merged_dir), "--save-dtype",
+            save_dtype, "--check-json", str(test_json), "--check-samples", "2"]  # fmt: skip
+    assert merge(argv) == 0
+    out = capsys.readouterr().out
+    assert (merged_dir / "video_settings.json").is_file()
+    assert not (merged_dir / "adapter_config.json").exists()
+    report = json.loads((merged_dir / "merge_report.json").read_text())
+    assert report["merged_in"] == "fp32" and report["saved_dtype"] == save_dtype
+    assert report["weights_compared"] > 0 and report["logits"]["positions"] > 0
+    config = json.loads((merged_dir / "config.json").read_text())
+    assert config["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[save_dtype]
+    samples = list(load_samples([str(test_json)])[:2])
+    spec = read_spec(str(adapter))
+    peft_model = TransformersBackend.load(spec, dtype="fp32").model
+    from qwenvl.inference import merging
+
+    expected = merging.answer_logits(
+        peft_model,
+        merging.encoded_samples(samples, TransformersBackend.load(spec).processor, spec.video),
     )
-    assert (merged_dir / "video_settings.json").is_file() and not (
-        merged_dir / "adapter_config.json"
-    ).exists()
-    loaded = load_for_inference(str(adapter))
-    merged = Qwen3VLForConditionalGeneration.from_pretrained(merged_dir).eval()
-    dataset = SupervisedDataset(
-        load_samples([str(steady_data / "training" / "test.json")]),
-        loaded.processor,
-        loaded.settings,
-        8192,
-    )
-    batch = VideoCollator(loaded.processor.tokenizer.pad_token_id)([dataset[0]])
-    batch.pop("labels")
-    with torch.no_grad():
-        expected = loaded.model(**batch).logits
-        got = merged(**batch).logits
-    base = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
-    with torch.no_grad():
-        untouched = base(**batch).logits
-    assert not torch.allclose(expected, untouched, atol=1e-3)  # the adapter changed something
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    again = run_script(
-        "scripts/merge_lora.py",
-        "--adapter-path",
-        str(adapter),
-        "--output-dir",
-        str(merged_dir),
-        check=False,
-    )
-    assert again.returncode == 2 and "--overwrite-output" in again.stderr
+    got = _answer_logits(merged_dir, samples, spec.video)
+    if save_dtype == "fp32":
+        assert report["update_kept_share"] > 0.999
+        assert report["logits"]["share_of_the_fine_tune"] < 1e-3
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        assert "keep the fine-tune" in report["advice"]
+    else:
+        # bf16 keeps 8 bits of mantissa: the merged weights round; the report says how much.
+        assert 0 < report["update_kept_share"] < 1
+        assert report["logits"]["share_of_the_fine_tune"] > 0
+        torch.testing.assert_close(got, expected, atol=0.1, rtol=0.05)
+    assert "% of the update" in out and report["advice"] in out
+    assert merge(argv) == 2  # an existing output needs --overwrite-output
+    assert "--overwrite-output" in capsys.readouterr().err

@@ -12,17 +12,17 @@ import pandas as pd
 import pytest
 
 from qwenvl.evaluate import overlay
-from qwenvl.evaluate.trajectory import integrate_unicycle
 from qwenvl.prepare import rawdata
 from qwenvl.prepare.labels import yaw_from_quaternion
 from qwenvl.prepare.writer import process_clip
-from qwenvl.standins.synthetic import (
+from qwenvl.standins.render import (
     CAMERA_FORWARD_M,
     CAMERA_HEIGHT_M,
     SyntheticCamera,
     ground_points,
-    write_synthetic_dataset,
 )
+from qwenvl.standins.synthetic import write_synthetic_dataset
+from qwenvl.trajectory import integrate_unicycle
 
 
 def _pose(pitch_deg: float, forward: float, height: float):
@@ -147,7 +147,7 @@ def test_true_path_at_one_second_lands_where_the_renderer_put_that_ground(tmp_pa
     )
     dataset = rawdata.RawDataset(root)
     clip_id, chunk = dataset.clip_index.index[0], int(dataset.clip_index["chunk"].iloc[0])
-    rows, _, calibration = process_clip(dataset, clip_id, chunk, tmp_path / "seg", max_width=160)
+    rows, _, calibration, _ = process_clip(dataset, clip_id, chunk, tmp_path / "seg", max_width=160)
     view = overlay.camera_view(calibration, rows[0]["width"], rows[0]["height"])
     assert (rows[0]["width"], rows[0]["height"]) == (160, 90)
     ground, near = ground_points(SyntheticCamera(320, 180))

@@ -8,10 +8,11 @@ import random
 
 import pytest
 import xgrammar as xgr
-from conftest import free_port, run_script
+from conftest import run_main, run_script
 from xgrammar.testing import _is_grammar_accept_string as grammar_accepts
 
-from qwenvl.answer import NUM_PAIRS, AnswerFormat, AnswerParseError, parse_pairs
+from qwenvl.answer import AnswerFormat, AnswerParseError, parse_pairs
+from qwenvl.task import HORIZON_PAIRS
 
 SMALL_VIDEO = {"VIDEO_MIN_PIXELS": str(32 * 32), "VIDEO_MAX_PIXELS": str(16 * 32 * 32)}
 DECIMALS = [(1, 3), (2, 4), (0, 2), (3, 6)]
@@ -29,7 +30,7 @@ def test_every_formatted_answer_matches_the_grammar_and_parses_back(decimals):
                 rng.uniform(-5, 45) * rng.choice([1, 1, 1, 3]),
                 rng.uniform(-0.3, 0.3) * rng.choice([1, 1, 50]),
             )
-            for _ in range(NUM_PAIRS)
+            for _ in range(HORIZON_PAIRS)
         ]
         text = fmt.format(pairs)
         assert grammar_accepts(grammar, text), text
@@ -54,6 +55,7 @@ def test_values_outside_the_grammar_are_written_as_the_widest_of_their_sign():
     "text",
     [
         "[" + ", ".join(["(1.0, 0.010)"] * 29) + "]",  # 29 pairs
+        "[" + ", ".join(["(1.0, 0.010)"] * 31) + "]",  # 31 pairs
         "[" + ", ".join(["(-.5, 0.010)"] * 30) + "]",  # no digit before the point
         "[" + ", ".join(["(-, 0.010)"] * 30) + "]",  # a sign without its number
         "The car keeps going straight at about 10 m/s.",
@@ -65,6 +67,22 @@ def test_what_the_grammar_rejects_does_not_parse(text):
     assert not grammar_accepts(grammar, text)
     with pytest.raises(AnswerParseError):
         parse_pairs(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" + ", ".join(["(1.0, 0.01)"] * 30) + "]",  # curvature with 2 decimals, not 3
+        "[" + ", ".join(["(01.0, 0.010)"] * 30) + "]",  # a leading zero
+        "[" + ", ".join(["(100.0, 0.010)"] * 30) + "]",  # three integer digits of speed
+    ],
+)
+def test_the_grammar_holds_the_format_the_parser_reads_more_loosely(text):
+    """Free decoding is judged on its numbers (the parser takes any decimals); constrained
+    decoding writes exactly the format's."""
+    grammar = xgr.Grammar.from_ebnf(AnswerFormat().grammar())
+    assert not grammar_accepts(grammar, text)
+    assert len(parse_pairs(text)) == HORIZON_PAIRS
 
 
 def test_dataset_labels_match_the_grammar_of_their_format(training_dir):
@@ -81,62 +99,67 @@ def test_untrained_model_constrained_answers_parse_and_batch_equals_single(
     for key, value in SMALL_VIDEO.items():
         monkeypatch.setenv(key, value)
     from qwenvl.data.samples import load_samples
-    from qwenvl.inference.generate import generate_answers
-    from qwenvl.inference.load import load_for_inference
+    from qwenvl.inference.backend import Request
+    from qwenvl.inference.spec import read_spec
+    from qwenvl.inference.transformers_backend import TransformersBackend
     from qwenvl.video import decode_video
 
-    loaded = load_for_inference(str(tiny_model_dir), device="cpu")
+    backend = TransformersBackend.load(read_spec(str(tiny_model_dir)), device="cpu")
     samples = load_samples([str(training_dir / "test.json")])[:2]
-    clips = [decode_video(s["video"], loaded.settings) for s in samples]
+    clips = [decode_video(s["video"], backend.spec.video) for s in samples]
     clips.append((clips[0][0][:, :, :64], clips[0][1]))  # narrower: a shorter, padded prompt
-    prompt = loaded.user_prompt().user_text()
-    batched = generate_answers(loaded, clips, [prompt] * len(clips))
-    single = [generate_answers(loaded, [clip], [prompt])[0] for clip in clips]
+    prompt = backend.spec.user_prompt().user_text()
+    requests = [Request(frames, fps, prompt) for frames, fps in clips]
+    batched = [a.text for a in backend.answer(requests)]
+    single = [backend.answer([r])[0].text for r in requests]
     assert batched == single
-    assert all(len(parse_pairs(text)) == NUM_PAIRS for text in batched)
-    free = generate_answers(loaded, clips[:1], [prompt], constrained=False)
+    assert all(len(parse_pairs(text)) == HORIZON_PAIRS for text in batched)
+    free = backend.answer(requests[:1], constrained=False)[0].text
     with pytest.raises(AnswerParseError):  # the untrained model does not follow the format
-        parse_pairs(free[0])
+        parse_pairs(free)
 
 
 def test_evaluate_constrains_by_default_and_counts_failures_without(
-    tiny_model_dir, training_dir, tmp_path
+    tiny_model_dir, training_dir, tmp_path, monkeypatch
 ):
+    for key, value in SMALL_VIDEO.items():
+        monkeypatch.setenv(key, value)  # a base model records no video settings
+
     def evaluate(out, *extra):
-        run_script(
-            "scripts/evaluate.py", "--model-path", str(tiny_model_dir),
-            "--test-json", str(training_dir / "test.json"), "--max-samples", "3",
-            "--output-dir", str(out), *extra, env=SMALL_VIDEO,
-        )  # fmt: skip
+        test_json = training_dir / "test.json"
+        run_main("evaluate", "--model-path", tiny_model_dir, "--test-json", test_json,
+                 "--max-samples", "3", "--output-dir", out, *extra)  # fmt: skip
         return json.loads((out / "metrics.json").read_text())
 
     constrained = evaluate(tmp_path / "constrained")
     assert constrained["parse"] == {"total": 3, "parsed": 3, "rate": 1.0, "failures": {}}
-    assert constrained["decoding"] == "constrained"
+    assert constrained["decoding"] == "constrained" and constrained["backend"] == "transformers"
     assert constrained["model"]["all"]["n"] == 3 and constrained["model"]["all"]["ade_m"] > 0
     free = evaluate(tmp_path / "free", "--no-constrained")
     assert free["decoding"] == "free" and free["parse"]["parsed"] < 3
     assert sum(free["parse"]["failures"].values()) == 3 - free["parse"]["parsed"]
 
 
-def _train_with_task_metrics(model, data, out, **extra):
+def test_task_metrics_while_training_equal_evaluating_the_checkpoint(
+    tiny_model_dir, training_dir, tmp_path
+):
+    """eval_ade and friends, logged at a checkpoint, are what evaluate.py finds for that
+    checkpoint on the same validation clips: the same interface answers both."""
+    out = tmp_path / "lora"
     env = {
-        "MODEL_PATH": str(model), "DATASETS": str(data / "train.json"),
-        "EVAL_DATASETS": str(data / "val.json"), "EVAL_GENERATE_SAMPLES": "2",
+        "MODEL_PATH": str(tiny_model_dir), "DATASETS": str(training_dir / "train.json"),
+        "EVAL_DATASETS": str(training_dir / "val.json"), "EVAL_GENERATE_SAMPLES": "2",
         "OUTPUT_DIR": str(out), "MAX_STEPS": "2", "SAVE_STEPS": "2", "BATCH_SIZE": "2",
-        "GRAD_ACCUM": "1", "DATALOADER_WORKERS": "0", "MASTER_PORT": str(free_port()),
-        **SMALL_VIDEO, **{k: str(v) for k, v in extra.items()},
+        "GRAD_ACCUM": "1", "DATALOADER_WORKERS": "0", "LR": "1e-2", **SMALL_VIDEO,
     }  # fmt: skip
-    return run_script(extra.get("LAUNCHER", "./train_physical_ai_lora.sh"), env=env)
-
-
-def _logged(out):
+    run_script("./train_physical_ai_lora.sh", env=env)
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
-    return {key: value for entry in state["log_history"] for key, value in entry.items()}
-
-
-def test_lora_run_logs_task_metrics_at_each_evaluation(tiny_model_dir, training_dir, tmp_path):
-    _train_with_task_metrics(tiny_model_dir, training_dir, tmp_path / "lora")
-    logged = _logged(tmp_path / "lora")
-    for key in ("eval_loss", "eval_ade", "eval_fde", "eval_speed_mae", "eval_curvature_mae"):
-        assert key in logged and logged[key] >= 0
+    logged = {key: value for entry in state["log_history"] for key, value in entry.items()}
+    run_main("evaluate", "--model-path", out / "checkpoint-2", "--test-json",
+             training_dir / "val.json", "--max-samples", "2", "--batch-size", "2",
+             "--output-dir", tmp_path / "eval")  # fmt: skip
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["model"]["all"]
+    assert evaluated["n"] == 2 and "eval_loss" in logged
+    for name, key in (("ade", "ade_m"), ("fde", "fde_m"), ("speed_mae", "speed_mae"),
+                      ("curvature_mae", "curvature_mae")):  # fmt: skip
+        assert logged[f"eval_{name}"] == pytest.approx(evaluated[key], rel=1e-6, abs=1e-9), name

@@ -108,3 +108,104 @@ def test_a_history_checkpoint_is_not_evaluated_on_a_test_set_without_history(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "was trained on another prompt than" in error
     assert "ego_history_seconds 1.0 vs 0.0" in error and not (tmp_path / "eval").exists()
+
+
+def test_the_datasets_history_is_the_egomotion_up_to_each_segments_last_frame(
+    history_training, segments_dir, raw_dataset
+):
+    """Every sample's history equals the clip's egomotion read at the history's times, the last
+    at the segment's last observed frame (its own camera timestamp, from the manifest): a
+    history read a frame later would put the next second into the prompt."""
+    import pandas as pd
+
+    from qwenvl.prepare.labels import MotionInterpolator, ego_history
+    from qwenvl.prepare.rawdata import RawDataset
+
+    manifest = pd.read_parquet(segments_dir / "manifest.parquet").set_index(
+        ["clip_id", "segment_index"]
+    )
+    raw = RawDataset(raw_dataset)
+    samples = json.loads((history_training / "training1" / "train.json").read_text())
+    checked, later_differs = 0, []
+    for sample in samples[:8]:
+        row = manifest.loc[(sample["clip_id"], sample["segment_index"])]
+        chunk = int(raw.clip_index.at[sample["clip_id"], "chunk"])
+        motion = MotionInterpolator(raw.egomotion(sample["clip_id"], chunk))
+        last = int(row["frame_timestamps_us"][-1])
+        expected = ego_history(motion, last, 1.0, 10.0)
+        got = np.stack([sample["history_speed"], sample["history_curvature"]], axis=-1)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+        # A frame later reads other values (the test tells one frame late from on time).
+        later = ego_history(motion, last + 33_333, 1.0, 10.0)
+        later_differs.append(not np.allclose(got, later, atol=1e-6))
+        checked += 1
+    assert checked == min(8, len(samples)) > 0 and any(later_differs)
+
+
+def test_a_checkpoint_without_its_prompt_is_refused_never_guessed(
+    lora_run, training_dir, tmp_path, capsys
+):
+    """A checkpoint trained with ego history that lost its prompt.json would be asked with the
+    video-only prompt: evaluation and prediction refuse it, naming the file."""
+    checkpoint = tmp_path / "history_model"
+    shutil.copytree(lora_run, checkpoint)
+    (checkpoint / "prompt.json").unlink()
+    clip = str(training_dir / json.loads((training_dir / "test.json").read_text())[0]["video"])
+    expected = f"error: {checkpoint / 'prompt.json'} is missing: this checkpoint does not say"
+    assert script_main("predict")(["--model-path", str(checkpoint), clip]) == 2
+    assert capsys.readouterr().err.strip().startswith(expected)
+    argv = ["--model-path", str(checkpoint), "--test-json", str(training_dir / "test.json"),
+            "--output-dir", str(tmp_path / "eval")]  # fmt: skip
+    assert script_main("evaluate")(argv) == 2
+    assert capsys.readouterr().err.strip().startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ([[8.0] * 10, [0.01] * 10], "not a list of [[speed, curvature], ...] pairs"),
+        ([[8.0, 0.01, 1.0]] * 10, "not a list of [[speed, curvature], ...] pairs"),
+        ({"speed": [8.0] * 10}, "'curvature'"),
+        ([[8.0, float("inf")]] * 10, "10 finite pairs, expected 10"),
+    ],
+)
+def test_an_ego_history_file_of_another_shape_is_one_line(
+    lora_run, training_dir, tmp_path, capsys, content, why
+):
+    """[[speeds], [curvatures]] is not read as interleaved pairs: the shapes --ego-history
+    documents are taken, anything else is one line before any model loads."""
+    checkpoint = tmp_path / "history_model"
+    shutil.copytree(lora_run, checkpoint)
+    PromptSettings(ego_history_seconds=1.0, history_hz=10.0).save(checkpoint)
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps(content).replace("Infinity", "1e999"))
+    clip = str(training_dir / json.loads((training_dir / "test.json").read_text())[0]["video"])
+    argv = ["--model-path", str(checkpoint), clip, "--ego-history", str(history)]
+    assert script_main("predict")(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --ego-history {history}: ") and why in err
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan", "-1"])
+def test_an_ego_history_that_is_no_length_of_time_is_one_line(
+    segments_dir, tmp_path, capsys, seconds
+):
+    argv = ["--segments-dir", str(segments_dir), "--output-dir", str(tmp_path / "hf"),
+            "--ego-history", seconds]  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        script_main("prepare_huggingface_dataset")(argv)
+    assert exited.value.code == 2 and "--ego-history: seconds in [0, 3600]" in (
+        capsys.readouterr().err
+    )
+
+
+def test_an_ego_history_no_segment_has_is_one_line_and_writes_nothing(
+    segments_dir, tmp_path, capsys
+):
+    out = tmp_path / "hf"
+    argv = ["--segments-dir", str(segments_dir), "--output-dir", str(out), "--ego-history", "100"]
+    assert script_main("prepare_huggingface_dataset")(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {segments_dir}: no segment is left (")
+    assert "dropped for want of 100 s of egomotion before them" in err
+    assert not out.exists() and not list(tmp_path.glob(".hf.tmp-*"))

@@ -14,7 +14,8 @@ from qwenvl.prepare.labels import (
     segment_starts,
     yaw_from_quaternion,
 )
-from qwenvl.standins.synthetic import MotionProfile, constant_profile, make_clip
+from qwenvl.standins.motion import MotionProfile, constant_profile
+from qwenvl.standins.synthetic import make_clip
 
 
 def _segments(profile, seconds=4, seed=0):

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script, script_main, script_module
+from conftest import run_script, script_main
 from datasets import load_from_disk
 
 from qwenvl.answer import AnswerFormat, AnswerParseError, format_pairs, parse_pairs
@@ -318,7 +318,8 @@ def test_download_fails_fast_without_a_token(tmp_path):
 def test_dataset_steps_in_batches_give_what_row_by_row_gave(segments_dir, training_dir, tmp_path):
     from datasets import load_from_disk
 
-    benchmark = script_module("benchmark")
+    from qwenvl.bench import reference as benchmark
+
     hf = training_dir.parent / "hf"  # what the batched prepare_huggingface_dataset.py wrote
     benchmark.reference_dataset(segments_dir, tmp_path / "hf")
     ours, before = load_from_disk(str(hf)), load_from_disk(str(tmp_path / "hf"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import call_main, run_script
 from datasets import load_from_disk
 
 from qwenvl.prepare import rawdata
@@ -100,18 +100,17 @@ def test_presence_table_skips_clips_without_the_camera_with_a_reason(source, tmp
     assert list(skipped) == [missing] and CAMERA in skipped[missing]
 
 
-def _hf(segments: Path, out: Path, *args: str, check: bool = True):
-    return run_script(
-        "scripts/prepare_huggingface_dataset.py",
-        "--segments-dir", str(segments), "--output-dir", str(out), *args,
-        check=check,
-    )  # fmt: skip
+def _hf(capsys, segments: Path, out: Path, *args: str, check: bool = True):
+    result = call_main(capsys, "prepare_huggingface_dataset", "--segments-dir", segments,
+                       "--output-dir", out, *args)  # fmt: skip
+    assert result.returncode == 0 or not check, result.stderr
+    return result
 
 
-def test_official_split_is_followed_and_by_clip_works_without_one(source, tmp_path):
+def test_official_split_is_followed_and_by_clip_works_without_one(source, tmp_path, capsys):
     raw = _copy(source, tmp_path)
     _prepare(raw, tmp_path / "seg")
-    result = _hf(tmp_path / "seg", tmp_path / "hf")
+    result = _hf(capsys, tmp_path / "seg", tmp_path / "hf")
     assert "split: official, clip_index.parquet" in result.stdout
     official = _index(raw)["split"].map({"train": "train", "val": "validation", "test": "test"})
     dataset = load_from_disk(str(tmp_path / "hf"))
@@ -122,7 +121,7 @@ def test_official_split_is_followed_and_by_clip_works_without_one(source, tmp_pa
     (raw / "splits").mkdir()
     flipped = official.map({"train": "test", "validation": "val", "test": "train"})
     flipped.rename("split").to_frame().to_parquet(raw / "splits" / "flipped.parquet")
-    result = _hf(tmp_path / "seg", tmp_path / "hf2", "--split-name", "flipped")
+    result = _hf(capsys, tmp_path / "seg", tmp_path / "hf2", "--split-name", "flipped")
     assert "splits/flipped.parquet" in result.stdout
     dataset = load_from_disk(str(tmp_path / "hf2"))
     assert set(dataset["test"]["clip_id"]) == set(official.index[official == "train"])
@@ -130,10 +129,10 @@ def test_official_split_is_followed_and_by_clip_works_without_one(source, tmp_pa
     bare = _copy(source, tmp_path / "bare")
     _index(bare).drop(columns=["split"]).to_parquet(bare / rawdata.CLIP_INDEX)
     _prepare(bare, tmp_path / "bare_seg")
-    refused = _hf(tmp_path / "bare_seg", tmp_path / "bare_hf", check=False)
+    refused = _hf(capsys, tmp_path / "bare_seg", tmp_path / "bare_hf", check=False)
     assert refused.returncode == 2 and "use --split by-clip" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    result = _hf(tmp_path / "bare_seg", tmp_path / "bare_hf", "--split", "by-clip")
+    result = _hf(capsys, tmp_path / "bare_seg", tmp_path / "bare_hf", "--split", "by-clip")
     assert "split: by clip" in result.stdout
     dataset = load_from_disk(str(tmp_path / "bare_hf"))
     clips = [set(dataset[split]["clip_id"]) for split in dataset]
@@ -265,3 +264,48 @@ def test_download_fetches_the_devkit_named_files_and_pins_the_revision(
         "error: unknown chunk 0042; the dataset has chunks 0..2"
     )
     assert not [f for f, _ in hub.fetched if "chunk_0042" in f]
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_a_features_csv_with_only_the_camera_and_egomotion_segments_every_clip(source, tmp_path):
+    """Calibration is for drawing paths only: without its rows in features.csv every clip is
+    segmented and trains, and the summary says why none has an overlay, once, with a count."""
+    raw = _copy(source, tmp_path)
+    table = rawdata.read_features_csv(raw / rawdata.FEATURES_CSV)
+    rawdata.write_features_csv(table.loc[[CAMERA, rawdata.EGOMOTION]], raw / rawdata.FEATURES_CSV)
+    out = tmp_path / "seg"
+    result = _prepare(raw, out)
+    assert "Traceback" not in result.stderr
+    summary = _summary(out)
+    assert summary["clips_segmented"] == 6 and summary["clips_skipped"] == 0
+    assert summary["why_without_calibration"] == {"features.csv lists no camera_intrinsics": 6}
+    assert "6 clips: features.csv lists no camera_intrinsics" in result.stdout
+    calibration = pd.read_parquet(out / "calibration.parquet")
+    assert (calibration["calibration"] == "").all()
+
+
+def test_missing_renamed_or_nan_calibration_is_named_per_cause_and_the_clips_train(
+    source, tmp_path
+):
+    raw = _copy(source, tmp_path)
+    calibration = raw / "calibration"
+    (calibration / "camera_intrinsics" / "camera_intrinsics.chunk_0001.parquet").unlink()
+    extrinsics = calibration / "sensor_extrinsics" / "sensor_extrinsics.chunk_0002.parquet"
+    pd.read_parquet(extrinsics).rename(columns={"qx": "quat_x"}).to_parquet(extrinsics)
+    intrinsics = calibration / "camera_intrinsics" / "camera_intrinsics.chunk_0000.parquet"
+    table = pd.read_parquet(intrinsics)
+    table.iloc[0, table.columns.get_loc("cx")] = float("nan")
+    table.to_parquet(intrinsics)
+    out = tmp_path / "seg"
+    result = _prepare(raw, out)
+    summary = _summary(out)
+    assert summary["clips_segmented"] == 6 and summary["clips_without_calibration"] == 5
+    assert summary["why_without_calibration"] == {
+        "camera_intrinsics not downloaded (no camera_intrinsics.chunk_0001.parquet)": 2,
+        "sensor_extrinsics lacks the columns qx": 2,
+        "camera_intrinsics holds NaN or non-numbers": 1,
+    }
+    assert "Traceback" not in result.stderr and "5 clips have no calibration" in result.stdout

@@ -17,17 +17,15 @@ import pytest
 from qwenvl.prepare import rawdata
 from qwenvl.prepare.labels import forward_speed, yaw_from_quaternion
 from qwenvl.prepare.rawdata import EGOMOTION_COLUMNS
-from qwenvl.standins.synthetic import (
-    GroundRenderer,
-    SyntheticCamera,
+from qwenvl.standins.motion import (
     camera_timestamps,
     constant_profile,
     egomotion_timestamps,
-    ground_texture,
     random_profile,
     synthesize_egomotion,
-    write_synthetic_dataset,
 )
+from qwenvl.standins.render import GroundRenderer, SyntheticCamera, ground_texture
+from qwenvl.standins.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"clip_seconds": 2, "width": 160, "height": 96, "progress": False}
@@ -251,7 +249,7 @@ def test_renderer_draws_through_the_calibration_it_writes():
     """A pixel's ground point, as the renderer uses it, projects back onto that pixel through
     the devkit's model of the written calibration; a ground point straight ahead lands on the
     image's middle column, below the horizon."""
-    from qwenvl.standins.synthetic import ground_points
+    from qwenvl.standins.render import ground_points
 
     camera = SyntheticCamera(160, 96)
     ground, near = ground_points(camera)

@@ -93,7 +93,7 @@ def test_evaluation_prediction_and_merge_in_bf16(bf16_lora, training_dir, tmp_pa
     samples = json.loads((training_dir / "test.json").read_text())[:4]
     for sample in samples:
         sample["video"] = str(training_dir / sample["video"])
-    samples[1]["video"] = str(tmp_path / "gone.mp4")
+    samples[1]["video"] = str(tmp_path / "gone" / "gone.mp4")
     del samples[2]["observed_speed"]
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "test.json").write_text(json.dumps(samples))
@@ -111,9 +111,12 @@ def test_evaluation_prediction_and_merge_in_bf16(bf16_lora, training_dir, tmp_pa
     }
     assert "2 test samples could not be answered" in (evaluation / "report.md").read_text()
     merged = tmp_path / "merged"
-    argv = ["--adapter-path", str(out), "--output-dir", str(merged), "--dtype", "bf16"]
+    argv = ["--adapter-path", str(out), "--output-dir", str(merged), "--save-dtype", "bf16",
+            "--check-json", str(training_dir / "test.json"), "--check-samples", "1"]  # fmt: skip
     assert script_main("merge_lora")(argv) == 0
-    capsys.readouterr()
+    report = json.loads((merged / "merge_report.json").read_text())
+    assert report["saved_dtype"] == "bf16" and report["logits"]["positions"] > 0
+    assert f"keep {100 * report['update_kept_share']:.1f}% of the update" in capsys.readouterr().out
     argv = ["--model-path", str(merged), "--dtype", "bf16", "--json", samples[0]["video"]]
     assert script_main("predict")(argv) == 0
     answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -142,7 +145,7 @@ def test_evaluations_of_different_test_sets_are_not_compared(
     assert result.stderr.strip().startswith("error: evaluations of different test sets")
 
 
-def test_a_qlora_adapter_runs_on_its_4bit_base_and_merges_dequantized(
+def test_a_qlora_adapter_runs_on_its_4bit_base_and_merges_into_its_full_precision_base(
     bf16_lora, training_dir, tmp_path, capsys
 ):
     adapter = tmp_path / "qlora"
@@ -156,5 +159,5 @@ def test_a_qlora_adapter_runs_on_its_4bit_base_and_merges_dequantized(
     assert "CUDA" in error and not (tmp_path / "eval").exists()
     argv = ["--adapter-path", str(adapter), "--output-dir", str(tmp_path / "merged")]
     assert script_main("merge_lora")(argv) == 0
-    assert "merged into the bf16 base (dequantized)" in capsys.readouterr().out
+    assert "merged into the base's original full-precision weights" in capsys.readouterr().out
     assert Path(tmp_path / "merged" / "model.safetensors").is_file()

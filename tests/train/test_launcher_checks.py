@@ -13,13 +13,6 @@ import torch
 from conftest import ROOT, free_port, run_script
 
 LORA = str(ROOT / "train_physical_ai_lora.sh")
-# The launchers' own settings, as the pre-flight gets them from the LoRA launcher.
-LORA_ENV = dict(
-    EPOCHS=5, BATCH_SIZE=4, GRAD_ACCUM=2, LR="2e-4", SAVE_STEPS=100, SAVE_TOTAL_LIMIT=3,
-    LOGGING_STEPS=1, MODEL_MAX_LENGTH=8192, DATALOADER_WORKERS=4, EVAL_GENERATE_SAMPLES=0,
-    SEED=42, MAX_STEPS=-1, NNODES=1, NODE_RANK=0, MASTER_ADDR="127.0.0.1",
-    TUNE_MM_VISION="False", TUNE_MM_MLP="True", TUNE_MM_LLM="True", RESUME="1",
-)  # fmt: skip
 FULL = str(ROOT / "train_physical_ai.sh")
 
 
@@ -47,9 +40,9 @@ def base_env(tiny_model_dir, training_dir, tmp_path) -> dict:
         ("GRAD_ACCUM", "two", "error: GRAD_ACCUM=two: not an integer"),
         ("EPOCHS", "0", "error: EPOCHS=0: nothing would train"),
         ("MAX_STEPS", "0", "error: MAX_STEPS=0: nothing would train"),
-        ("VIDEO_FPS", "-30", "error: VIDEO_FPS must be positive"),
+        ("VIDEO_FPS", "-30", "error: VIDEO_FPS=-30: must be positive"),
         ("MODEL_PATH", "./no/such/model", "error: MODEL_PATH=./no/such/model: no such folder"),
-        ("TUNE_MM_LLM", "maybe", "error: TUNE_MM_LLM=maybe: expected True or False"),
+        ("TUNE_MM_LLM", "maybe", "error: TUNE_MM_LLM=maybe: expected one of 1, true"),
     ],
 )
 def test_a_bad_setting_is_one_line_before_torchrun(base_env, setting, value, expected):
@@ -96,11 +89,11 @@ def test_cpu_threads_per_rank_and_a_gpu_torch_cannot_use(base_env, tmp_path):
     from qwenvl.train.preflight import preflight
 
     cores = os.cpu_count() or 1
-    env = {**base_env, **{k: str(v) for k, v in LORA_ENV.items()}}
-    assert preflight({**env, "NPROC_PER_NODE": "2"}, "lora")["OMP_NUM_THREADS"] == str(
-        max(1, cores // 2)
+    env = {**base_env}
+    assert preflight({**env, "NPROC_PER_NODE": "2"}, "lora")["OMP_NUM_THREADS"] == max(
+        1, cores // 2
     )
-    assert "OMP_NUM_THREADS" not in preflight({**env, "OMP_NUM_THREADS": "3"}, "lora")
+    assert preflight({**env, "OMP_NUM_THREADS": "3"}, "lora")["OMP_NUM_THREADS"] == 3
     # nvidia-smi lists a GPU that this torch cannot use (the driver is older than its CUDA).
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -112,3 +105,41 @@ def test_cpu_threads_per_rank_and_a_gpu_torch_cannot_use(base_env, tmp_path):
         return  # this machine's torch does see its GPU
     assert result.returncode == 2 and "nvidia-smi lists 1 GPU(s) with driver 535.104.05" in last
     assert f"built for CUDA {torch.version.cuda}" in last and "rather than train on the CPU" in last
+
+
+def test_several_nodes_on_the_loopback_address_are_warned_of(base_env, capsys):
+    from qwenvl.train.preflight import preflight
+
+    values = preflight({**base_env, "NNODES": "2", "NODE_RANK": "1"}, "lora")
+    assert values["MASTER_PORT"] == int(base_env["MASTER_PORT"])
+    assert "NNODES=2 with MASTER_ADDR=127.0.0.1: the other nodes would wait on their own " in (
+        capsys.readouterr().err
+    )
+    unset = {k: v for k, v in base_env.items() if k != "MASTER_PORT"}
+    assert preflight({**unset, "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.5"},
+                     "lora")["MASTER_PORT"] == 29500  # fmt: skip
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_port_a_run_just_left_is_taken_one_a_live_process_holds_is_not(base_env):
+    """The check binds as torchrun does (SO_REUSEADDR): sockets of a dead run in TIME_WAIT do
+    not block it; a listening process does."""
+    from qwenvl.train.config import SettingError
+    from qwenvl.train.preflight import preflight
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+        client.close()
+    preflight({**base_env, "MASTER_PORT": str(port)}, "lora")  # free again at once
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        held = busy.getsockname()[1]
+        with pytest.raises(SettingError, match=f"MASTER_PORT={held}: already in use"):
+            preflight({**base_env, "MASTER_PORT": str(held)}, "lora")

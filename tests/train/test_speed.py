@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import free_port, run_script
+from conftest import free_port, run_main, run_script
 from transformers import AutoProcessor
 
 from qwenvl.data.collator import VideoCollator
@@ -16,7 +16,7 @@ from qwenvl.data.samples import load_samples
 from qwenvl.model import load_model
 from qwenvl.standins.architectures import PUBLISHED_PARAMETERS, parameter_count, published_config
 from qwenvl.train.compute import peak_tflops
-from qwenvl.train.settings import LoraSettings, TuneFlags
+from qwenvl.train.config import LoraSettings, TuneFlags
 from qwenvl.train.setup import parameter_counts, setup_training
 from qwenvl.train.trainer import label_only_loss
 from qwenvl.video import VideoSettings
@@ -72,7 +72,7 @@ def _first_loss(model, data, out, label_only: bool) -> float:
         "MODEL_PATH": str(model), "DATASETS": str(data / "train.json"), "OUTPUT_DIR": str(out),
         "NPROC_PER_NODE": "2", "DEEPSPEED_CONFIG": "zero3.json", "MAX_STEPS": "1",
         "SAVE_STEPS": "1", "BATCH_SIZE": "2", "GRAD_ACCUM": "1", "DATALOADER_WORKERS": "0",
-        "MASTER_PORT": str(free_port()), **SMALL_VIDEO,
+        "MASTER_PORT": str(free_port()), "LOGGING_STEPS": "1", **SMALL_VIDEO,
     }  # fmt: skip
     run_script("./train_physical_ai_lora.sh", "--label_only_logits", str(label_only), env=env)
     state = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())
@@ -87,14 +87,20 @@ def test_label_only_loss_matches_under_zero3_on_two_cpu_ranks(
     assert ours == pytest.approx(full, abs=1e-5)
 
 
-def test_qlora_on_a_machine_without_cuda_is_one_line(tiny_model_dir, training_dir, tmp_path):
+def test_qlora_on_a_machine_without_cuda_is_one_line(
+    tiny_model_dir, training_dir, tmp_path, monkeypatch, capsys
+):
+    from qwenvl.train import launch
+
     env = {
         "MODEL_PATH": str(tiny_model_dir), "DATASETS": str(training_dir / "train.json"),
         "OUTPUT_DIR": str(tmp_path / "q"), "QUANT": "4bit", "MAX_STEPS": "1",
     }  # fmt: skip
-    result = run_script("./train_physical_ai_lora.sh", env=env, check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert launch.main(["lora"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
         "error: QUANT=4bit needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run here"
     )
     assert not (tmp_path / "q").exists()
@@ -107,12 +113,10 @@ def test_real_sized_configs_have_the_published_parameter_counts(name):
     assert config.text_config.vocab_size == 151936 and config.vision_config.patch_size == 16
 
 
-def test_benchmark_builds_a_real_sized_config_without_a_gpu(tmp_path):
+def test_benchmark_builds_a_real_sized_config_without_a_gpu(tiny_model_dir, tmp_path):
     out = tmp_path / "bench.json"
-    run_script(
-        "scripts/benchmark.py", "train", "--model-config", "4b", "--work-dir",
-        str(tmp_path / "work"), "--json", str(out), "--device", "cpu",
-    )  # fmt: skip
+    run_main("benchmark", "train", "--model-config", "4b", "--work-dir", tmp_path / "work",
+             "--json", out, "--device", "cpu", "--model-path", tiny_model_dir)  # fmt: skip
     train = json.loads(out.read_text())["train"]
     assert train["model_config"] == "4b"
     assert train["parameters"] == pytest.approx(4.44e9, rel=0.01) and "CUDA" in train["note"]
@@ -155,12 +159,10 @@ def test_the_training_benchmark_runs_the_label_only_loss_one_configuration_at_a_
 ):
     import weakref
 
-    from conftest import script_module
-
     import qwenvl.train.setup
     import qwenvl.train.trainer
+    from qwenvl.bench import training as benchmark
 
-    benchmark = script_module("benchmark")
     losses, models = [], []
     real_loss, real_setup = label_only_loss, qwenvl.train.setup.setup_training
 
@@ -191,3 +193,34 @@ def test_the_loss_builds_no_kv_cache_in_evaluation(tiny_model_dir, training_dir)
     with torch.no_grad():
         _, outputs = label_only_loss(model, batch)
     assert model.config.text_config.use_cache and outputs.past_key_values is None
+
+
+def test_compute_report_adds_up_the_segments_of_a_run_resumed_on_other_gpus():
+    """10 h on 8 GPUs, then a resume for 1 h on 4 (30 min of it evaluating): 84 device-hours,
+    not the 44 the last world size times the whole wall would give; MFU over training time
+    only, each segment on its own GPUs."""
+    from qwenvl.train.compute import build_report, earlier_segments
+
+    hour = 3600.0
+    first = {"processes": 8, "device": "NVIDIA H200", "global_batch": 64, "wall_seconds": 10 * hour,
+             "train_seconds": 10 * hour, "eval_seconds": 0.0, "steps": 1000, "samples": 64_000,
+             "tokens": 256_000_000}  # fmt: skip
+    second = {**first, "processes": 4, "wall_seconds": hour, "train_seconds": hour / 2,
+              "eval_seconds": hour / 2, "steps": 50, "samples": 3_200,
+              "tokens": 12_800_000}  # fmt: skip
+    report = build_report([first, second], (4_000_000_000, 100_000_000), 989.0, [10.0] * 4)
+    assert report["device_hours"] == pytest.approx(84.0)
+    assert report["wall_seconds"] == 11 * hour and report["train_seconds"] == 10.5 * hour
+    assert report["steps"] == 1050 and report["samples"] == 67_200
+    flops = 268_800_000 * (4 * 4e9 + 2 * 1e8)
+    assert report["estimated_flops"] == flops
+    assert report["mfu"] == pytest.approx(flops / ((10 * hour * 8 + hour / 2 * 4) * 989e12))
+    assert report["samples_per_second"] == pytest.approx(67_200 / (10.5 * hour))
+    assert report["runs"] == 2 and report["processes"] == 4
+    # A report of an earlier version (totals only) becomes one segment of its processes.
+    old = {"wall_seconds": 100.0, "processes": 2, "steps": 10, "samples": 40, "tokens": 4000,
+           "device": "cpu"}  # fmt: skip
+    assert earlier_segments(old) == [
+        {"processes": 2, "device": "cpu", "global_batch": 4, "wall_seconds": 100.0,
+         "train_seconds": 100.0, "steps": 10, "samples": 40, "tokens": 4000}
+    ]  # fmt: skip

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from qwenvl.task import STEP_SECONDS
+
 
 def integrate_unicycle(
-    speed: np.ndarray, curvature: np.ndarray, dt: float = 1.0 / 30.0
+    speed: np.ndarray, curvature: np.ndarray, dt: float = STEP_SECONDS
 ) -> np.ndarray:
     """(N, 2) positions (x forward, y left, metres) at the N future steps of a unicycle.
 
