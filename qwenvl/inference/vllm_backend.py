@@ -47,12 +47,15 @@ def served_adapter(spec: ModelSpec) -> dict | None:
     config = json.loads((Path(spec.path) / "adapter_config.json").read_text())
     if config.get("modules_to_save") or (spec.tuning and spec.tuning.quantization):
         return None
-    targets = config.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else targets
+    from safetensors import safe_open
+
+    # peft saves target_modules as name endings shared by both towers: the weights tell.
+    with safe_open(str(Path(spec.path) / "adapter_model.safetensors"), "pt") as weights:
+        vision = any(".visual." in key and "lora_" in key for key in weights.keys())
     return {
         "path": str(Path(spec.path).resolve()),
         "rank": int(config.get("r", 8)),
-        "vision": any("visual" in name for name in targets),
+        "vision": vision,
     }
 
 

@@ -34,10 +34,14 @@ VIDEO = VideoSettings(min_pixels=32 * 32, max_pixels=16 * 32 * 32)
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model with small video settings stored, as a checkpoint carries them."""
+    """The tiny model with small video settings and the prompt stored, as a checkpoint carries
+    them."""
+    from qwenvl.chat import PromptSettings
+
     out = tmp_path_factory.mktemp("vllm") / "model"
     shutil.copytree(tiny_model_dir, out)
     VIDEO.save(out)
+    PromptSettings().save(out)
     return out
 
 
