@@ -26,6 +26,19 @@ INSTRUCTION = (
     "frame, as [(v, c), (v, c), ...]. Velocity is negative when reversing; curvature is "
     "positive for a left turn. No prose, just the list."
 )
+# The instruction when the prompt shows several cameras, each clip labelled with its camera.
+CAMERAS_INSTRUCTION = (
+    "These are 1-second, 30 FPS driving clips of the same moment from the car's cameras named "
+    "above, the first looking ahead. Predict the ego motion for the next second: exactly 30 "
+    "pairs of (velocity in m/s, curvature in 1/m), one per future frame, as [(v, c), (v, c), "
+    "...]. Velocity is negative when reversing; curvature is positive for a left turn. No "
+    "prose, just the list."
+)
+
+
+def view_label(camera: str) -> str:
+    """The text before a camera's clip in a prompt of several cameras: its dataset name."""
+    return f"{camera}:"
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,14 @@ class PromptSettings(StoredSettings):
     """Seconds of ego history in the prompt (0: the video alone, the seed guide's task)."""
     history_hz: float = 10.0
     """Its rate: (speed, curvature) pairs per second."""
+    cameras: tuple[str, ...] = ()
+    """The cameras whose clips the prompt shows, each after its label, the segments' own first;
+    empty: that camera's clip alone, unlabelled (the seed guide's task)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cameras", tuple(self.cameras))  # a list when read from JSON
+        if self.cameras and self.instruction == INSTRUCTION:  # the wording for several cameras
+            object.__setattr__(self, "instruction", CAMERAS_INSTRUCTION)
         if not self.ego_history_seconds >= 0 or not self.history_hz > 0:
             raise ValueError(
                 f"ego history of {self.ego_history_seconds} s at {self.history_hz} Hz: need "
@@ -80,6 +99,14 @@ class PromptSettings(StoredSettings):
         )
         return pc.binary_join_element_wise(lead, pairs, "")
 
+    def human(self, user_text: str, cameras: tuple[str, ...] | None = None) -> str:
+        """The user turn: a <video> tag where each clip goes, then the text. With cameras, each
+        clip after its label, for the `cameras` a sample has (default: all the prompt's)."""
+        if not self.cameras:
+            return f"{VIDEO_TAG}\n{user_text}"
+        shown = self.cameras if cameras is None else cameras
+        return "\n".join([*(f"{view_label(c)}\n{VIDEO_TAG}" for c in shown), user_text])
+
     def user_text(self, history=None, fmt: AnswerFormat | None = None) -> str:
         """The user turn's text of one clip; `history` its (history_pairs, 2) ego history."""
         if history is None:
@@ -113,7 +140,7 @@ ROW_SCHEMA = pa.schema(
         ("id", pa.string()),
         *record.arrow_fields(record.IDENTITY),
         ("video", pa.string()),
-        *record.arrow_fields(record.VIDEO),
+        *record.arrow_fields(record.VIDEO + record.VIEWS),
         ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.list_(_ITEM))]))),
         ("answer", pa.string()),
         *record.arrow_fields(record.LABELS + record.HISTORY),
@@ -124,7 +151,7 @@ SAMPLE_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("video", pa.string()),
-        *record.arrow_fields(record.VIDEO),
+        *record.arrow_fields(record.VIDEO + record.VIEWS),
         ("conversations", pa.list_(_TURN)),
         *record.arrow_fields(record.IDENTITY + record.LABELS + record.HISTORY),
     ]
@@ -164,20 +191,14 @@ def dataset_table(
         else (None, None)
     )
     users = prompt.user_texts(n, *history, fmt)
-    nulls = pa.nulls(n, pa.string())
-    fps = records["fps"].combine_chunks()
-    items = pa.StructArray.from_arrays(
-        [
-            _interleave(n, pa.array(["video"] * n), pa.array(["text"] * n), pa.array(["text"] * n)),
-            _interleave(n, videos, nulls, nulls),
-            _interleave(n, fps, pa.nulls(n, pa.float64()), pa.nulls(n, pa.float64())),
-            _interleave(n, nulls, users, answers),
-        ],
-        fields=list(_ITEM),
-    )
+    if prompt.cameras:
+        items, sizes = _view_items(records, videos, users, answers)
+    else:
+        items, sizes = _video_then_text(records, videos, users, answers), [2, 1] * n
     roles = _interleave(n, pa.array(["user"] * n), pa.array(["assistant"] * n))
     turns = pa.StructArray.from_arrays(
-        [roles, _lists(items, [2, 1], n)], fields=list(ROW_SCHEMA.field("messages").type.value_type)
+        [roles, _sized_lists(items, sizes)],
+        fields=list(ROW_SCHEMA.field("messages").type.value_type),
     )
     segment = pc.utf8_lpad(pc.cast(records["segment_index"], pa.string()), width=2, padding="0")
     columns = {
@@ -188,6 +209,49 @@ def dataset_table(
         **{f.name: records[f.name] for f in record.FIELDS},
     }
     return pa.table([columns[name] for name in ROW_SCHEMA.names], schema=ROW_SCHEMA)
+
+
+def _sized_lists(flat: pa.Array, sizes: list[int]) -> pa.Array:
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+def _video_then_text(records: pa.Table, videos: pa.Array, users: pa.Array, answers: pa.Array):
+    """The items of one camera's rows, in columns: user = its video then the text; assistant =
+    the answer."""
+    n = records.num_rows
+    nulls = pa.nulls(n, pa.string())
+    fps = records["fps"].combine_chunks()
+    return pa.StructArray.from_arrays(
+        [
+            _interleave(n, pa.array(["video"] * n), pa.array(["text"] * n), pa.array(["text"] * n)),
+            _interleave(n, videos, nulls, nulls),
+            _interleave(n, fps, pa.nulls(n, pa.float64()), pa.nulls(n, pa.float64())),
+            _interleave(n, nulls, users, answers),
+        ],
+        fields=list(_ITEM),
+    )
+
+
+def _view_items(records: pa.Table, videos: pa.Array, users: pa.Array, answers: pa.Array):
+    """The items of rows of several cameras: user = each view's label and clip, then the text;
+    assistant = the answer. Views differ in number where a clip lacked a camera, so the items
+    are listed row by row (a Python object per row: several-camera datasets only)."""
+    items, sizes = [], []
+    rows = zip(
+        videos.to_pylist(), records["fps"].to_pylist(), records["cameras"].to_pylist(),
+        records["extra_videos"].to_pylist(), records["extra_fps"].to_pylist(),
+        users.to_pylist(), answers.to_pylist(), strict=True,
+    )  # fmt: skip
+    for video, fps, cameras, extra_videos, extra_fps, user, answer in rows:
+        clips = [(video, fps), *zip(extra_videos, extra_fps, strict=True)]
+        for camera, (path, rate) in zip(cameras, clips, strict=True):
+            items.append({"type": "text", "video": None, "fps": None, "text": view_label(camera)})
+            items.append({"type": "video", "video": path, "fps": rate, "text": None})
+        items.append({"type": "text", "video": None, "fps": None, "text": user})
+        items.append({"type": "text", "video": None, "fps": None, "text": answer})
+        sizes += [2 * len(clips) + 1, 1]
+    return pa.array(items, _ITEM), sizes
 
 
 def _record_table(row: Mapping) -> pa.Table:
@@ -201,36 +265,29 @@ def dataset_row(row: Mapping, video: str, prompt: PromptSettings, fmt: AnswerFor
     return dataset_table(_record_table(row), pa.array([video]), prompt, fmt).to_pylist()[0]
 
 
-def user_texts_of_rows(rows: pa.Table) -> pa.Array:
-    """The prompt texts of dataset rows' user turns (the first text item of the first turn)."""
+def humans_of_rows(rows: pa.Table) -> pa.Array:
+    """The user turns of dataset rows as training files write them: each item on a line, a
+    <video> tag for a clip (for one camera: "<video>\n" and the prompt, the seed guide's)."""
     turns = pc.list_flatten(rows["messages"].combine_chunks())
     user_turns = pc.take(turns, pa.array(np.arange(0, len(turns), 2)))
-    items = pc.list_flatten(pc.struct_field(user_turns, "content"))
-    sizes = pc.list_value_length(pc.struct_field(user_turns, "content")).to_numpy()
-    text_index = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    is_text = pc.equal(pc.struct_field(items, "type"), "text").to_numpy(zero_copy_only=False)
-    if (sizes == 2).all() and not is_text[0::2].any() and is_text[1::2].all():
-        # The shape dataset_table writes: the video, then the text.
-        return pc.take(pc.struct_field(items, "text"), pa.array(text_index + 1))
-    # Any other shape: the first position from each turn's start that is text.
-    first = []
-    for start, size in zip(text_index, sizes, strict=True):
-        hits = np.flatnonzero(is_text[start : start + size])
-        first.append(start + hits[0] if len(hits) else -1)
-    if min(first, default=0) < 0:
-        raise ValueError("a dataset row's user turn holds no text")
-    return pc.take(pc.struct_field(items, "text"), pa.array(first))
+    contents = pc.struct_field(user_turns, "content")
+    items = pc.list_flatten(contents)
+    is_video = pc.equal(pc.struct_field(items, "type"), "video")
+    texts = pc.if_else(is_video, VIDEO_TAG, pc.struct_field(items, "text"))
+    if pc.any(pc.is_null(texts)).as_py():
+        raise ValueError("a dataset row's user turn holds an item without text")
+    sizes = pc.list_value_length(contents).to_numpy()
+    return pc.binary_join(_sized_lists(texts, sizes), "\n")
 
 
 def training_table(rows: pa.Table, videos: pa.Array) -> pa.Table:
     """Training samples (SAMPLE_SCHEMA) of many dataset rows at once, `videos` their video
-    paths relative to the training file."""
+    paths relative to the training file (and the rows' extra_videos already so)."""
     n = rows.num_rows
-    human = pc.binary_join_element_wise(f"{VIDEO_TAG}\n", user_texts_of_rows(rows), "")
     turns = pa.StructArray.from_arrays(
         [
             _interleave(n, pa.array(["human"] * n), pa.array(["gpt"] * n)),
-            _interleave(n, human, rows["answer"].combine_chunks()),
+            _interleave(n, humans_of_rows(rows), rows["answer"].combine_chunks()),
         ],
         fields=list(_TURN),
     )
@@ -250,27 +307,55 @@ def training_sample(row: Mapping, video: str) -> dict:
     return training_table(table, pa.array([video])).to_pylist()[0]
 
 
+def human_of(sample: Mapping) -> str:
+    """A training sample's user turn, its <video> tags included."""
+    return sample["conversations"][0]["value"]
+
+
 def user_text_of(sample: Mapping) -> str:
-    """The user text of a training sample without its <video> tag."""
-    return sample["conversations"][0]["value"].replace(VIDEO_TAG, "").lstrip("\n")
+    """The text of a training sample's user turn after its clips (the prompt, for one camera)."""
+    return split_human(human_of(sample))[-1]
 
 
 def answer_of(sample: Mapping) -> str:
     return sample["conversations"][1]["value"]
 
 
-def model_messages(user_text: str, answer: str | None = None) -> list[dict]:
-    """What the processor's chat template renders: user = the video then the text; assistant =
-    the answer when training (none at inference, where the generation prompt follows)."""
-    messages = [
-        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user_text}]}
-    ]
+def split_human(human: str) -> list[str]:
+    """The texts around a user turn's <video> tags (one more than the tags), each without the
+    line break that joins it to a tag."""
+    parts = human.split(VIDEO_TAG)
+    for i in range(len(parts)):
+        if i > 0:
+            parts[i] = parts[i].removeprefix("\n")
+        if i < len(parts) - 1:
+            parts[i] = parts[i].removesuffix("\n")
+    return parts
+
+
+def chat_messages(human: str, answer: str | None = None) -> list[dict]:
+    """What the processor's chat template renders: user = the turn's texts and clips in order
+    (a clip for each <video> tag); assistant = the answer when training (none at inference,
+    where the generation prompt follows)."""
+    content = []
+    parts = split_human(human)
+    for i, text in enumerate(parts):
+        if text:
+            content.append({"type": "text", "text": text})
+        if i < len(parts) - 1:
+            content.append({"type": "video"})
+    messages = [{"role": "user", "content": content}]
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages
 
 
+def model_messages(user_text: str, answer: str | None = None) -> list[dict]:
+    """The messages of one camera's clip and its user text (see chat_messages)."""
+    return chat_messages(f"{VIDEO_TAG}\n{user_text}", answer)
+
+
 def sample_messages(sample: Mapping, with_answer: bool) -> list[dict]:
     """The messages of a training-format sample, for training (with its answer) or for answering
     it (evaluation, task metrics): one function, so both show the model the same prompt."""
-    return model_messages(user_text_of(sample), answer_of(sample) if with_answer else None)
+    return chat_messages(human_of(sample), answer_of(sample) if with_answer else None)

@@ -42,20 +42,37 @@ class VideoSettings(StoredSettings):
     """Lower bound on pixels per frame after resizing."""
     max_pixels: int = 256 * 32 * 32
     """Upper bound on pixels per frame after resizing."""
+    side_min_frames: int = 4
+    """Fewest frames sampled per clip of a camera other than the segments' own."""
+    side_max_frames: int = 8
+    """Most frames sampled per clip of another camera: the front camera is the one that sees
+    where the car goes; the others see what is beside it, at a fraction of its tokens."""
+    side_min_pixels: int = 32 * 32
+    """Lower bound on pixels per frame of another camera's clip."""
+    side_max_pixels: int = 64 * 32 * 32
+    """Upper bound on pixels per frame of another camera's clip."""
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
             raise ValueError(f"VIDEO_FPS must be positive, got {self.fps}")
-        if not 1 <= self.min_frames <= self.max_frames:
-            raise ValueError(
-                f"need 1 <= VIDEO_MIN_FRAMES <= VIDEO_MAX_FRAMES, got {self.min_frames}, "
-                f"{self.max_frames}"
-            )
-        if not PIXEL_FACTOR**2 <= self.min_pixels <= self.max_pixels:
-            raise ValueError(
-                f"need {PIXEL_FACTOR**2} <= VIDEO_MIN_PIXELS <= VIDEO_MAX_PIXELS, got "
-                f"{self.min_pixels}, {self.max_pixels}"
-            )
+        for prefix, floor in (("min_frames", 1), ("min_pixels", PIXEL_FACTOR**2)):
+            for side in ("", "side_"):
+                low_name, high_name = f"{side}{prefix}", f"{side}{prefix.replace('min', 'max')}"
+                low, high = getattr(self, low_name), getattr(self, high_name)
+                if not floor <= low <= high:
+                    raise ValueError(
+                        f"need {floor} <= VIDEO_{low_name.upper()} <= VIDEO_{high_name.upper()}, "
+                        f"got {low}, {high}"
+                    )
+
+    def for_view(self, index: int) -> VideoSettings:
+        """The settings a segment's view is sampled and sized with: its own camera's (view 0),
+        else the budget of the other cameras."""
+        if index == 0:
+            return self
+        side = (self.side_min_frames, self.side_max_frames, self.side_min_pixels,
+                self.side_max_pixels)  # fmt: skip
+        return VideoSettings(self.fps, *side, *side)
 
     @classmethod
     def from_env(cls) -> VideoSettings:

@@ -8,7 +8,8 @@ s/step and tokens/s with the label-only loss training uses (LoRA, full; on CUDA 
 --model-config, a real-sized model per attention kernel and batch size, with MFU). generate:
 answer tokens/s per backend (--backend transformers, vllm or both on the same clips), free and
 constrained, with the transformers backend's batching, caches, kernels and --compile. scale: the
-dataset steps and a rank's training start-up at N segments, against the row-by-row way.
+dataset steps and a rank's training start-up at N segments, against the row-by-row way. tokens:
+visual tokens per sample of each camera set at the video settings (VIDEO_* variables), no model.
 The benchmarks live in qwenvl/bench/, one module each; the naive ways in qwenvl/bench/reference.py
 (their dependencies are the bench extra).
 """
@@ -32,8 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "what",
-        choices=["prep", "loader", "train", "generate", "scale", "all"],
-        help="which benchmark (all: every one but scale)",
+        choices=["prep", "loader", "train", "generate", "scale", "tokens", "all"],
+        help="which benchmark (all: every one but scale and tokens)",
     )
     parser.add_argument(
         "--segments",
@@ -101,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         from qwenvl.bench.prep import bench_prep
 
         results["prep"] = bench_prep(work, args.repeats, args.resolutions)
+    if "tokens" in wanted:
+        from qwenvl.bench.tokens import bench_tokens
+
+        results["tokens"] = bench_tokens()
     if "scale" in wanted:
         from qwenvl.bench.scale import bench_scale
 

@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import load_from_disk
 from tqdm import tqdm
 
+from qwenvl import record
 from qwenvl.answer import AnswerFormat
 from qwenvl.chat import PromptSettings, training_table
 from qwenvl.cli import UserError, run_script
@@ -96,16 +98,26 @@ def batches(rows, output_dir: Path, bar: tqdm, size: int = 8192) -> Iterator[tup
     if rows is None:
         return
     relative: dict[str, str] = {}  # a video folder -> the same relative to output_dir
+
+    def moved(video: str) -> str:
+        folder, name = os.path.split(video)
+        if folder not in relative:
+            relative[folder] = os.path.relpath(folder, output_dir)
+        return f"{relative[folder]}/{name}"
+
     for table in read_in_batches(rows, size):
+        table = record.with_views(table)
         videos = table["video"].to_pylist()
-        paths = []
-        for video in videos:
-            folder, name = os.path.split(video)
-            if folder not in relative:
-                relative[folder] = os.path.relpath(folder, output_dir)
-            paths.append(f"{relative[folder]}/{name}")
+        paths = pa.array([moved(v) for v in videos], pa.string())
         bar.update(table.num_rows)
-        yield training_table(table, pa.array(paths, pa.string())), videos
+        if not pc.any(pc.greater(pc.list_value_length(table["extra_videos"]), 0)).as_py():
+            yield training_table(table, paths), [[v] for v in videos]
+            continue
+        extras = table["extra_videos"].to_pylist()  # several cameras: each view's path moved
+        column = table.column_names.index("extra_videos")
+        moved_extras = pa.array([[moved(v) for v in e] for e in extras], pa.list_(pa.string()))
+        table = table.set_column(column, "extra_videos", moved_extras)
+        yield training_table(table, paths), [[v, *e] for v, e in zip(videos, extras, strict=True)]
 
 
 def read_in_batches(rows, size: int) -> Iterator[pa.Table]:

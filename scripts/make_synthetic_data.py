@@ -4,8 +4,10 @@
 The layout is the real dataset's (root clip_index.parquet with an official-style split,
 features.csv, metadata/, camera and egomotion chunk zips, calibration), and so is the timing:
 605 frames per 20 s from about -14 ms, egomotion at 100 Hz with a sparse tail. Each clip has a
-smooth random ego motion (unicycle model) and a rendered front-camera video of a textured
-ground plane seen from that motion. The output is built in a hidden sibling
+smooth random ego motion (unicycle model) and a rendered video of a textured ground plane seen
+from that motion by each camera asked (the front camera by default; --cameras with the
+dataset's names: the cross cameras look sideways, the tele ones narrow, each on its own clock
+and with its own calibration rows). The output is built in a hidden sibling
 directory and renamed into place at the end, so an interrupted run leaves no dataset behind.
 """
 
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from qwenvl.cli import UserError, run_script
 from qwenvl.files import atomic_output_dir
+from qwenvl.prepare.rawdata import DEFAULT_CAMERA
+from qwenvl.standins.render import MOUNTS
 from qwenvl.standins.synthetic import write_synthetic_dataset
 
 
@@ -32,6 +36,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=360, help="video height, even (default 360)")
     parser.add_argument(
         "--seed", type=int, default=0, help="random seed; same seed, same dataset (default 0)"
+    )
+    parser.add_argument(
+        "--cameras",
+        nargs="+",
+        default=[DEFAULT_CAMERA],
+        choices=list(MOUNTS),
+        metavar="CAMERA",
+        help=f"cameras to render, as the dataset names them ({', '.join(MOUNTS)}) "
+        "(default: %(default)s)",
     )
     parser.add_argument("--chunk-size", type=int, default=4, help="clips per chunk zip (default 4)")
     parser.add_argument(
@@ -70,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 val_fraction=args.val_fraction,
                 test_fraction=args.test_fraction,
+                cameras=tuple(args.cameras),
             )
         except ValueError as err:
             raise UserError(str(err)) from None

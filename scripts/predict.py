@@ -8,7 +8,10 @@ the GPU when there is one (--device to choose). A model trained with ego history
 needs each clip's (--ego-history); it is asked exactly as in training. With --render DIR, each
 clip's last frame is written as a PNG with the predicted path drawn on it through the camera's
 calibration: a prepared segment's own (calibration.parquet of its segments folder), or the
-dataset's for a clip id (--calibration DATA_DIR:CLIP_ID).
+dataset's for a clip id (--calibration DATA_DIR:CLIP_ID). A model trained on several cameras
+takes VIDEO as its first camera's clip and each other camera's clip of the same moment with
+--camera NAME=PATH (its last second at its own rate, as its segments hold it); the path is
+drawn on VIDEO.
 """
 
 from __future__ import annotations
@@ -69,6 +72,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "'[(12.3, 0.004), ...]', a JSON file of [[speed, curvature], ...] or of "
         '{"speed": [...], "curvature": [...]}, or a CSV file with columns speed and curvature',
     )
+    parser.add_argument(
+        "--camera",
+        action="append",
+        metavar="NAME=PATH",
+        help="for a model trained on several cameras, the clip of each of its other cameras "
+        "(NAME as the dataset spells it), once per camera per VIDEO in their order; VIDEO is "
+        "its first camera's clip (the cameras are listed in the model's prompt.json)",
+    )
     args = parser.parse_args(argv)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error("--max-new-tokens must be positive")
@@ -112,13 +123,14 @@ def calibrations(args: argparse.Namespace) -> list[str | None]:
 
 
 def check_render(args: argparse.Namespace, spec) -> None:
-    """--render DIR: a folder apart from every input (the model, each VIDEO's folder), and no
+    """--render DIR: a folder apart from every input (the model, each clip's folder), and no
     PNG it would write already there unless --overwrite-output."""
     folder = Path(args.render)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--render {folder}: is a file, not a folder")
     check_apart(folder, spec.local_inputs())
-    check_apart_from_files(folder, "the VIDEOs", file_folders([str(Path(v)) for v in args.videos]))
+    clips = [*args.videos, *(c.partition("=")[2] for c in args.camera or ())]
+    check_apart_from_files(folder, "the clips", file_folders([str(Path(v)) for v in clips]))
     stems = [Path(v).stem for v in args.videos]
     if len(set(stems)) < len(stems):
         raise UserError("--render: two VIDEOs share a file name; their PNGs would collide")
@@ -147,6 +159,40 @@ def render(views, video: str, pairs, calibration: str | None, folder: Path):
     image.save(tmp, format="PNG")
     tmp.replace(path)
     return path, why
+
+
+def camera_clips(args: argparse.Namespace, prompt) -> list[tuple[str, ...]]:
+    """Each VIDEO's further clips, in the order of the model's cameras, read before any model
+    loads; a camera missing, extra, or given too few or too many times is one line."""
+    wanted = prompt.cameras[1:]
+    given = args.camera or []
+    if not prompt.cameras:
+        if given:
+            raise UserError(f"{args.model_path} takes one camera's clip per VIDEO: drop --camera")
+        return [()] * len(args.videos)
+    by_camera: dict[str, list[str]] = {name: [] for name in wanted}
+    for spec in given:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--camera {spec}: expected NAME=PATH")
+        if name == prompt.cameras[0]:
+            raise UserError(
+                f"--camera {spec}: {name} is the model's first camera, whose clip is VIDEO"
+            )
+        if name not in by_camera:
+            raise UserError(
+                f"--camera {spec}: {args.model_path} was not trained on {name} (its cameras: "
+                f"{', '.join(prompt.cameras)})"
+            )
+        by_camera[name].append(path)
+    for name, paths in by_camera.items():
+        if len(paths) != len(args.videos):
+            raise UserError(
+                f"{args.model_path} was trained on the cameras {', '.join(prompt.cameras)}: "
+                f"give each VIDEO's {name} clip with --camera {name}=PATH ({len(paths)} given "
+                f"for {len(args.videos)} VIDEOs)"
+            )
+    return [tuple(by_camera[name][i] for name in wanted) for i in range(len(args.videos))]
 
 
 def histories(args: argparse.Namespace, prompt) -> list[np.ndarray | None]:
@@ -218,21 +264,29 @@ def result_of(video: str, text: str | None, error: str | None) -> dict:
         }
 
 
-def predict_batch(backend, batch: list[tuple[str, np.ndarray | None]], args) -> list[dict]:
-    """The results of a batch of (VIDEO, its history): the clips that decode answered together."""
+def predict_batch(backend, batch: list[tuple], args) -> list[dict]:
+    """The results of a batch of (VIDEO, its history, its further cameras' clips): the clips
+    that decode answered together."""
     from qwenvl.inference.backend import Request
-    from qwenvl.inference.clips import ClipUnreadable, any_clip
+    from qwenvl.inference.clips import ClipUnreadable, any_clip, any_view
 
     spec = backend.spec
+    prompt = spec.user_prompt()
     requests, order, results = [], [], {}
-    for number, (video, history) in enumerate(batch):
-        try:
-            frames, fps = any_clip(video, spec.video)
-        except ClipUnreadable as err:
-            results[number] = result_of(video, None, str(err))
+    for number, (video, history, others) in enumerate(batch):
+        views = []
+        for view, path in enumerate((video, *others)):
+            try:
+                read = any_view if view else any_clip
+                views.append(read(path, spec.video.for_view(view)))
+            except ClipUnreadable as err:
+                results[number] = result_of(video, None, f"{path}: {err}" if view else str(err))
+                break
+        if number in results:
             continue
-        text = spec.user_prompt().user_text(history, spec.answer_format)
-        requests.append(Request(frames, fps, text))
+        requests.append(
+            Request(tuple(views), prompt.human(prompt.user_text(history, spec.answer_format)))
+        )
         order.append(number)
     if requests:
         answers = backend.answer(requests, args.constrained, args.max_new_tokens)
@@ -250,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(str(err)) from None
     per_clip = histories(args, spec.user_prompt())
+    others = camera_clips(args, spec.user_prompt())
     if args.render:
         check_render(args, spec)
     clip_calibrations = calibrations(args)
@@ -261,12 +316,12 @@ def run(args: argparse.Namespace) -> int:
         Path(args.render).mkdir(parents=True, exist_ok=True)
         views = Views()  # each segments folder's calibration.parquet read once
     failed = 0
-    clips = list(zip(args.videos, per_clip, clip_calibrations, strict=True))
+    clips = list(zip(args.videos, per_clip, others, clip_calibrations, strict=True))
     with tqdm(total=len(clips), desc="predicting", unit="clip", disable=len(clips) < 2) as bar:
         for start in range(0, len(clips), args.batch_size):
             batch = clips[start : start + args.batch_size]
-            results = predict_batch(backend, [(v, h) for v, h, _ in batch], args)
-            for (video, _, calibration), result in zip(batch, results, strict=True):
+            results = predict_batch(backend, [(v, h, o) for v, h, o, _ in batch], args)
+            for (video, _, _, calibration), result in zip(batch, results, strict=True):
                 failed += result["error"] is not None
                 if args.render and result["error"] is None:
                     image, why = render(

@@ -7,7 +7,10 @@ without one. Each row holds a chat `messages` list (user: the video with its fps
 prompt; assistant: the answer text) plus the numeric labels used by evaluation and baselines.
 With --ego-history, each prompt also holds the car's past (speed, curvature), read from its
 clip's egomotion up to the segment's last frame; a segment without that much egomotion before
-it is left out and named in dropped_for_history.json.
+it is left out and named in dropped_for_history.json. Segments cut with several cameras give
+rows of every camera by default, each clip after its camera's name in the prompt; --cameras
+keeps some of them (the segments' own camera first), --cameras with that camera alone gives
+the one-camera task on the same segments.
 """
 
 from __future__ import annotations
@@ -95,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="pairs per second of the ego history (default: %(default)s)",
     )
     parser.add_argument(
+        "--cameras",
+        nargs="+",
+        metavar="CAMERA",
+        help="the cameras whose clips the rows show, of those the segments were cut with, "
+        "their own camera first (default: all of them)",
+    )
+    parser.add_argument(
         "--overwrite-output", action="store_true", help="replace an existing output directory"
     )
     args = parser.parse_args(argv)
@@ -122,6 +132,34 @@ def raw_dataset(args: argparse.Namespace) -> RawDataset:
         )
     camera = json.loads(source.read_text())["camera"] if source.is_file() else DEFAULT_CAMERA
     return RawDataset(Path(root), camera)
+
+
+def segment_cameras(args: argparse.Namespace) -> list[str]:
+    """The cameras the segments were cut with, their own first (one for segments cut before
+    several cameras could be)."""
+    source = Path(args.segments_dir) / RAW_SOURCE
+    if not source.is_file():
+        return [DEFAULT_CAMERA]
+    cut = json.loads(source.read_text())
+    return list(cut.get("cameras") or [cut.get("camera", DEFAULT_CAMERA)])
+
+
+def shown_cameras(args: argparse.Namespace) -> tuple[str, ...]:
+    """The prompt's cameras: none for one camera (its clip unlabelled, as before several could
+    be), else those asked, checked against the segments'."""
+    cut = segment_cameras(args)
+    chosen = args.cameras or cut
+    unknown = [c for c in chosen if c not in cut]
+    if unknown:
+        raise UserError(
+            f"--cameras: the segments in {args.segments_dir} hold no {unknown[0]} (cut with "
+            f"{', '.join(cut)})"
+        )
+    if chosen[0] != cut[0]:
+        raise UserError(f"--cameras: the segments were cut on {cut[0]}'s timeline; name it first")
+    if len(set(chosen)) < len(chosen):
+        raise UserError("--cameras: a camera is named twice")
+    return tuple(chosen) if len(chosen) > 1 else ()
 
 
 def data_dir(args: argparse.Namespace) -> str | None:
@@ -183,8 +221,11 @@ def run(args: argparse.Namespace) -> int:
         manifest_path, columns=[c for c in ("clip_id", "split") if c in present]
     )
     assignment, described = clip_assignment(args, clips)
+    cameras = shown_cameras(args)
     try:
-        prompt = PromptSettings(ego_history_seconds=args.ego_history, history_hz=args.history_hz)
+        prompt = PromptSettings(
+            ego_history_seconds=args.ego_history, history_hz=args.history_hz, cameras=cameras
+        )
     except ValueError as err:
         raise UserError(f"--ego-history / --history-hz: {err}") from None
     raw = raw_dataset(args) if prompt.history_pairs else None
@@ -214,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
         for name, (clip_count, segment_count) in counts.items()
     )
     print(f"split: {described}; {summary} -> {args.output_dir}")
+    if cameras:
+        print(f"cameras: {', '.join(cameras)}")
     if dropped:
         first = next(iter(dropped.items()))
         print(

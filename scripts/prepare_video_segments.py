@@ -10,6 +10,12 @@ downloaded or extracted), processes the valid clips of the chunks present, decod
 once, and writes one H.264 mp4 per segment, manifest.parquet (timestamps, labels, official
 split), calibration.parquet (each clip's camera calibration, for the path overlays),
 skipped.json (clips left out, with the reason), dropped_segments.json and summary.json.
+
+With --cameras A B C, each segment also holds the other cameras' views: the frames each camera
+took, by its own timestamps, within the segment's window on the first camera's timeline (none
+after the segment's last frame), written as videos/<clip>/<segment>.<camera>.mp4. A clip that
+lacks one of the cameras is skipped with its reason, or kept with fewer views
+(--allow-missing-cameras).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from qwenvl.files import (
 )
 from qwenvl.layout import CALIBRATION, CLIP_RESULTS, MANIFEST, MANIFEST_ROW_GROUP, RAW_SOURCE
 from qwenvl.prepare.rawdata import DEFAULT_CAMERA, ClipSelection, RawDataset
-from qwenvl.prepare.writer import finished_clips, segment_clip_task
+from qwenvl.prepare.writer import Cut, finished_clips, segment_clip_task
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,14 +56,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dataset root (holds clip_index.parquet, features.csv, camera/, labels/)",
     )
     parser.add_argument("--output-dir", required=True, help="where segments and manifest go")
-    parser.add_argument(
-        "--camera", default=DEFAULT_CAMERA, help="camera to read (default: %(default)s)"
+    cameras = parser.add_mutually_exclusive_group()
+    cameras.add_argument(
+        "--cameras",
+        nargs="+",
+        metavar="CAMERA",
+        help="cameras to read, as the dataset names them: the segments are cut on the first's "
+        f"timeline, the others join as further views (default: {DEFAULT_CAMERA} alone)",
     )
+    cameras.add_argument("--camera", help="one camera to read (the same as --cameras CAMERA)")
     parser.add_argument(
         "--max-width",
         type=int,
-        default=640,
+        default=Cut.max_width,
         help="downscale wider frames to this width, aspect kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--side-max-width",
+        type=int,
+        default=Cut.side_max_width,
+        help="the same for the further cameras' frames, which the model sees at a smaller "
+        "size (VIDEO_SIDE_MAX_PIXELS) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--allow-missing-cameras",
+        action="store_true",
+        help="keep a clip that lacks one of the further cameras, with fewer views (default: "
+        "skip it, with its reason)",
     )
     parser.add_argument(
         "--workers",
@@ -83,14 +108,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overwrite-output", action="store_true", help="replace an existing output directory"
     )
     args = parser.parse_args(argv)
-    if args.max_width < 32 or args.workers < 1:
-        parser.error("--max-width must be >= 32 and --workers >= 1")
+    if min(args.max_width, args.side_max_width) < 32 or args.workers < 1:
+        parser.error("--max-width and --side-max-width must be >= 32, --workers >= 1")
+    args.cameras = args.cameras or [args.camera or DEFAULT_CAMERA]
+    if len(set(args.cameras)) < len(args.cameras):
+        parser.error("--cameras: a camera is named twice")
+    args.cut = Cut(args.max_width, args.side_max_width, args.allow_missing_cameras)
     return args
 
 
 def select(dataset: RawDataset) -> ClipSelection:
     """The clips to process, with a line saying what the index holds beyond them."""
     try:
+        _ = dataset.features  # names every camera asked that the dataset lacks
         selection = dataset.select_clips()
     except (FileNotFoundError, OSError, ValueError) as err:
         raise UserError(str(err).splitlines()[0]) from None
@@ -99,7 +129,7 @@ def select(dataset: RawDataset) -> ClipSelection:
         f"{len(selection.clips)} clips in {chunks} downloaded chunks; left out: "
         f"{selection.not_downloaded} index clips in chunks not downloaded, "
         f"{len(selection.invalid)} invalid (clip_is_valid false), "
-        f"{len(selection.unavailable)} without camera or egomotion"
+        f"{len(selection.unavailable)} without the {dataset.camera} camera or egomotion"
     )
     return selection
 
@@ -162,9 +192,13 @@ def staging_for(output: Path, args: argparse.Namespace) -> Path:
     staging = output.parent / f".{output.name}.partial"
     settings = {
         "data_dir": str(Path(args.data_dir).resolve()),
-        "camera": args.camera,
+        "camera": args.cameras[0],
         "max_width": args.max_width,
     }
+    if len(args.cameras) > 1:
+        settings["side_cameras"] = args.cameras[1:]
+        settings["side_max_width"] = args.side_max_width
+        settings["allow_missing_cameras"] = args.allow_missing_cameras
     if staging.exists() and args.resume:
         try:
             before = json.loads((staging / STAGING_SETTINGS).read_text())
@@ -176,9 +210,9 @@ def staging_for(output: Path, args: argparse.Namespace) -> Path:
                 "resumed safely (run again without --resume)"
             )
         differing = [
-            f"{name} {before.get(name)} (now {value})"
-            for name, value in settings.items()
-            if before.get(name) != value
+            f"{name} {before.get(name)} (now {settings.get(name)})"
+            for name in {**before, **settings}
+            if before.get(name) != settings.get(name)
         ]
         if differing:
             raise UserError(
@@ -205,7 +239,7 @@ def segment_all(
     for clip_id, _ in todo:  # a clip without its record was cut off midway: redo it whole
         shutil.rmtree(staging / "videos" / clip_id, ignore_errors=True)
     tasks = [
-        (str(dataset.root), args.camera, clip_id, chunk, str(staging), args.max_width)
+        (str(dataset.root), tuple(args.cameras), clip_id, chunk, str(staging), args.cut)
         for clip_id, chunk in todo
     ]
     results = run_on_ray(tasks, args.ray) if args.ray else run_local(tasks, args.workers)
@@ -248,7 +282,16 @@ def write_outputs(records: list[dict], selection: ClipSelection, args, staging: 
             Counter(r["no_calibration"] for r in records if "no_calibration" in r)
         ),
     }
-    source = {"data_dir": str(Path(args.data_dir).resolve()), "camera": args.camera}
+    if len(args.cameras) > 1:
+        summary["clips_with_fewer_cameras"] = sum("missing_cameras" in r for r in records)
+        summary["why_fewer_cameras"] = dict(
+            Counter(why for r in records for why in r.get("missing_cameras", {}).values())
+        )
+    source = {
+        "data_dir": str(Path(args.data_dir).resolve()),
+        "camera": args.cameras[0],
+        "cameras": args.cameras,
+    }
     for name, content in (
         ("skipped.json", skipped),
         ("dropped_segments.json", dropped),
@@ -263,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     check_apart(args.output_dir, {"--data-dir": args.data_dir})
     if args.ray:
         check_reachable(args.ray)
-    dataset = RawDataset(Path(args.data_dir), args.camera)
+    dataset = RawDataset(Path(args.data_dir), args.cameras[0], tuple(args.cameras[1:]))
     selection = select(dataset)
     output = check_output_dir(args.output_dir, args.overwrite_output)
     writable_parent(output)
@@ -292,6 +335,10 @@ def run(args: argparse.Namespace) -> int:
             "but their paths are not drawn on the camera image (download_dataset.py fetches it)"
         )
         for why, count in sorted(summary["why_without_calibration"].items()):
+            print(f"  {count} clips: {why}")
+    if summary.get("clips_with_fewer_cameras"):
+        print(f"{summary['clips_with_fewer_cameras']} clips kept with fewer cameras:")
+        for why, count in sorted(summary["why_fewer_cameras"].items()):
             print(f"  {count} clips: {why}")
     return 0
 

@@ -6,6 +6,7 @@ LoRA or full fine-tuning, DeepSpeed optional, auto-resume from the newest comple
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -95,14 +96,14 @@ class DataArguments:
     video_max_frames: int = setting("VIDEO_MAX_FRAMES")
     video_min_pixels: int = setting("VIDEO_MIN_PIXELS")
     video_max_pixels: int = setting("VIDEO_MAX_PIXELS")
+    video_side_min_frames: int = setting("VIDEO_SIDE_MIN_FRAMES")
+    video_side_max_frames: int = setting("VIDEO_SIDE_MAX_FRAMES")
+    video_side_min_pixels: int = setting("VIDEO_SIDE_MIN_PIXELS")
+    video_side_max_pixels: int = setting("VIDEO_SIDE_MAX_PIXELS")
 
     def video_settings(self) -> VideoSettings:
         return VideoSettings(
-            self.video_fps,
-            self.video_min_frames,
-            self.video_max_frames,
-            self.video_min_pixels,
-            self.video_max_pixels,
+            **{f.name: getattr(self, f"video_{f.name}") for f in dataclasses.fields(VideoSettings)}
         )
 
 

@@ -154,6 +154,6 @@ def test_generation_compiles_the_decoding_step_only_when_asked(tiny_model_dir, c
 
     backend.model.generate = recorded
     frames = np.zeros((30, 64, 64, 3), dtype=np.uint8)
-    backend.answer([Request(frames, 30.0, "go")], max_new_tokens=2)
+    backend.answer([Request.single(frames, 30.0, "go")], max_new_tokens=2)
     assert seen["cache_implementation"] == "static"
     assert seen["disable_compile"] is (not compile_step)  # transformers' own switch

@@ -13,13 +13,13 @@ from qwenvl.bench.common import best_time
 
 def requests_of(train_json: Path, spec, batch: int) -> list:
     """`batch` clips of the training file as requests, decoded at the model's video settings."""
-    from qwenvl.chat import user_text_of
+    from qwenvl.chat import human_of
     from qwenvl.data.samples import load_samples
     from qwenvl.inference.backend import Request
-    from qwenvl.inference.clips import clip_of
+    from qwenvl.inference.clips import views_of
 
     samples = load_samples([str(train_json)])[:batch]
-    return [Request(*clip_of(s, spec.video), user_text_of(s)) for s in samples]
+    return [Request(views_of(s, spec.video), human_of(s)) for s in samples]
 
 
 def answer_rates(backend, requests: list, repeats: int) -> dict:

@@ -26,7 +26,7 @@ def bench_prep(work: Path, repeats: int, resolutions: str) -> dict:
     from qwenvl.bench.reference import per_segment_reference
     from qwenvl.prepare.labels import segment_starts
     from qwenvl.prepare.rawdata import RawDataset
-    from qwenvl.prepare.writer import process_clip
+    from qwenvl.prepare.writer import Cut, process_clip
     from qwenvl.standins.synthetic import write_synthetic_dataset
 
     results = {}
@@ -44,7 +44,7 @@ def bench_prep(work: Path, repeats: int, resolutions: str) -> dict:
 
         def ours(dataset=dataset, clip_id=clip_id, chunk=chunk):
             with tempfile.TemporaryDirectory(dir=work) as out:
-                process_clip(dataset, clip_id, chunk, Path(out), max_width=640)
+                process_clip(dataset, clip_id, chunk, Path(out), Cut(max_width=640))
 
         def reference(source=source, starts=starts):
             with tempfile.TemporaryDirectory(dir=work) as out:

@@ -93,6 +93,9 @@ def reference_row(row, video: str) -> dict:
         "frames": int(row["frames"]),
         "width": int(row["width"]),
         "height": int(row["height"]),
+        # One camera: no further views.
+        **{name: [] for name in ("cameras", "extra_videos", "extra_fps", "extra_frames")},
+        **{name: [] for name in ("extra_widths", "extra_heights")},
         "messages": [
             {
                 "role": "user",
@@ -126,13 +129,23 @@ def reference_dataset(segments_dir: Path, output_dir: Path) -> None:
     for _, row in manifest.iterrows():
         video = str((segments_dir / row["video"]).resolve())
         rows[OFFICIAL_SPLITS[row["split"]]].append(reference_row(row, video))
-    # The history columns are empty lists here (no --ego-history): typed as ours are.
+    # The history and view columns are empty lists here (no --ego-history, one camera): typed
+    # as ours are.
     floats = datasets.List(datasets.Value("float64"))
+    kinds = {
+        "history_speed": floats, "history_curvature": floats, "extra_fps": floats,
+        "cameras": datasets.List(datasets.Value("string")),
+        "extra_videos": datasets.List(datasets.Value("string")),
+        **dict.fromkeys(
+            ("extra_frames", "extra_widths", "extra_heights"),
+            datasets.List(datasets.Value("int64")),
+        ),
+    }  # fmt: skip
 
     def table(r):
         found = Dataset.from_list(r)
-        for name in ("history_speed", "history_curvature"):
-            found = found.cast_column(name, floats)
+        for name, kind in kinds.items():
+            found = found.cast_column(name, kind)
         return found
 
     DatasetDict({name: table(r) for name, r in rows.items() if r}).save_to_disk(str(output_dir))
@@ -154,7 +167,9 @@ def reference_convert(input_dir: Path, output_dir: Path) -> None:
                 {
                     "id": row["id"],
                     "video": os.path.relpath(row["video"], output_dir.resolve()),
-                    **{k: row[k] for k in ("fps", "frames", "width", "height")},
+                    **{k: row[k] for k in ("fps", "frames", "width", "height", "cameras")},
+                    **{k: row[k] for k in ("extra_videos", "extra_fps", "extra_frames")},
+                    **{k: row[k] for k in ("extra_widths", "extra_heights")},
                     "conversations": [
                         {"from": "human", "value": f"<video>\n{user}"},
                         {"from": "gpt", "value": row["answer"]},

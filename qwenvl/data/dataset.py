@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from qwenvl.chat import sample_messages
+from qwenvl import record
+from qwenvl.chat import VIDEO_TAG, sample_messages
 from qwenvl.task import CLIP_FPS
 from qwenvl.video import (
     PROCESSOR_VIDEO_KWARGS,
@@ -31,11 +32,20 @@ logger = logging.getLogger(__name__)
 
 def encode_clip(processor, frames: np.ndarray, fps: float, text: str, settings: VideoSettings):
     """Processor output (tensors, batch of 1) for one clip and the chat text that holds it."""
-    video, metadata = prepare_clip(frames, fps, settings)
+    return encode_views(processor, [(frames, fps)], text, settings)
+
+
+def encode_views(processor, views: list, text: str, settings: VideoSettings):
+    """Processor output (tensors, batch of 1) for a segment's views ((frames, fps) each, in the
+    order of the chat text's clips), each sampled and sized with its own settings."""
+    prepared = [
+        prepare_clip(frames, fps, settings.for_view(i)) for i, (frames, fps) in enumerate(views)
+    ]
+    videos, metadata = zip(*prepared, strict=True)
     return processor(
         text=[text],
-        videos=[video],
-        video_metadata=[metadata],
+        videos=list(videos),
+        video_metadata=list(metadata),
         return_tensors="pt",
         **PROCESSOR_VIDEO_KWARGS,
     )
@@ -92,18 +102,21 @@ class TokenCounter:
     def __init__(self, processor, settings: VideoSettings) -> None:
         self.processor, self.settings = processor, settings
         self._visual: dict[tuple, int] = {}
-        self.template_bytes = self._template_bytes()
+        self._template: dict[int, int | None] = {}
+        self.template_bytes = self._template_bytes(1)
 
     def chat_text(self, sample: dict) -> str:
         return self.processor.apply_chat_template(sample_messages(sample, True), tokenize=False)
 
-    def visual(self, frames: int, height: int, width: int, fps: float) -> int:
-        """Tokens the video takes in the sequence: per temporal group its patches, its
-        "<t seconds>" stamp and the two vision markers."""
-        key = (int(frames), int(height), int(width), float(fps))
+    def visual(self, frames: int, height: int, width: int, fps: float, view: int = 0) -> int:
+        """Tokens a view's video takes in the sequence: per temporal group its patches, its
+        "<t seconds>" stamp and the two vision markers (view 0 at the segments' camera's
+        settings, the others at the other cameras')."""
+        key = (int(frames), int(height), int(width), float(fps), min(int(view), 1))
         if key not in self._visual:
-            indices = sample_indices(key[0], key[3], self.settings)
-            h, w = frame_size(key[1], key[2], self.settings)
+            settings = self.settings.for_view(key[4])
+            indices = sample_indices(key[0], key[3], settings)
+            h, w = frame_size(key[1], key[2], settings)
             per_group = (h // 32) * (w // 32)
             tokenizer = self.processor.tokenizer
             stamps = self.processor._calculate_timestamps(indices.tolist(), key[3], 2)
@@ -115,21 +128,26 @@ class TokenCounter:
         return self._visual[key]
 
     def text(self, sample: dict) -> int:
-        """Exact tokens of the chat text, its one video placeholder not counted."""
-        return len(self.processor.tokenizer(self.chat_text(sample)).input_ids) - 1
+        """Exact tokens of the chat text, its video placeholders (one per view) not counted."""
+        ids = self.processor.tokenizer(self.chat_text(sample)).input_ids
+        return len(ids) - record.view_count(sample)
 
-    def _template_bytes(self) -> int | None:
-        """Bytes the chat template adds around the user text and the answer; None when that
-        is not a constant (a template that rewrites the text): then every text is tokenised."""
-        sizes = set()
-        for user, answer in (("u", "a"), ("user text", "a longer answer")):
-            sample = {"conversations": [{"value": user}, {"value": answer}]}
-            sizes.add(len(self.chat_text(sample).encode()) - len(user) - len(answer))
-        return sizes.pop() if len(sizes) == 1 else None
+    def _template_bytes(self, views: int) -> int | None:
+        """Bytes the chat template adds around a user turn of `views` clips and the answer;
+        None when that is not a constant (a template that rewrites the text): then every text
+        is tokenised."""
+        if views not in self._template:
+            sizes = set()
+            for user, answer in (("u", "a"), ("user text", "a longer answer")):
+                human = "\n".join([VIDEO_TAG] * views + [user])
+                sample = {"conversations": [{"value": human}, {"value": answer}]}
+                sizes.add(len(self.chat_text(sample).encode()) - len(human) - len(answer))
+            self._template[views] = sizes.pop() if len(sizes) == 1 else None
+        return self._template[views]
 
     def length(self, sample: dict) -> int:
-        """Exact token count of the processed sample (the video layout from the sample's
-        record, or from its video's header for a sample without one)."""
+        """Exact token count of the processed sample (the video layouts from the sample's
+        record, or from its videos' headers for a sample without them)."""
         if sample.get("frames") and sample.get("width") and sample.get("height"):
             layout = VideoTokenLayout(
                 sample["frames"], sample["height"], sample["width"], sample.get("fps") or CLIP_FPS
@@ -137,7 +155,14 @@ class TokenCounter:
         else:
             layout = probe_video(sample["video"])
         fps = float(sample.get("fps") or layout.fps)
-        return self.visual(layout.frames, layout.height, layout.width, fps) + self.text(sample)
+        visual = self.visual(layout.frames, layout.height, layout.width, fps)
+        extra = zip(
+            *(sample.get(f"extra_{n}") or () for n in ("frames", "heights", "widths", "fps")),
+            strict=True,
+        )
+        for view, (frames, height, width, rate) in enumerate(extra, start=1):
+            visual += self.visual(frames, height, width, rate, view)
+        return visual + self.text(sample)
 
     def bounds(self, samples) -> np.ndarray:
         """Upper bounds of every sample's token count, in bulk from the stored columns; a
@@ -151,15 +176,33 @@ class TokenCounter:
         layouts = np.stack([frames, height, width, fps.astype(np.float64)], axis=-1)[known]
         unique, inverse = np.unique(layouts, axis=0, return_inverse=True)
         visual = np.array([self.visual(*row) for row in unique], dtype=np.int64)
+        extra_visual, views = self._extra_visual(samples)
         if self.template_bytes is None:
             bounds[known] = visual[inverse.reshape(-1)] + [
                 self.text(samples[i]) for i in np.flatnonzero(known)
             ]
         else:
-            bounds[known] = visual[inverse.reshape(-1)] + self.template_bytes + text[known]
+            template = np.array([self._template_bytes(int(k)) or 0 for k in range(views.max() + 1)])
+            bounds[known] = visual[inverse.reshape(-1)] + template[views[known]] + text[known]
+        bounds += extra_visual
         for i in np.flatnonzero(~known):
             bounds[i] = self.length(samples[i])
         return bounds
+
+    def _extra_visual(self, samples) -> tuple[np.ndarray, np.ndarray]:
+        """(visual tokens of every sample's further views, every sample's view count), in bulk
+        from the stored list columns."""
+        columns = [samples.lists(f"extra_{n}") for n in ("frames", "heights", "widths", "fps")]
+        counts = columns[0][1]
+        extra = np.zeros(len(samples), dtype=np.int64)
+        if counts.any():
+            layouts = np.stack([c[0].astype(np.float64) for c in columns], axis=-1)
+            unique, inverse = np.unique(layouts, axis=0, return_inverse=True)
+            tokens = np.array([self.visual(*row, view=1) for row in unique], dtype=np.int64)
+            per_view = tokens[inverse.reshape(-1)]
+            owners = np.repeat(np.arange(len(samples)), counts)
+            np.add.at(extra, owners, per_view)
+        return extra, counts + 1
 
 
 class SupervisedDataset(Dataset):
@@ -273,15 +316,21 @@ class SupervisedDataset(Dataset):
         raise BadTrainingData("every training sample failed to decode (see the lines above)")
 
     def encode(self, sample: dict) -> dict[str, torch.Tensor]:
-        try:
-            frames, video_fps = decode_video(sample["video"], self.settings)
-        except (OSError, ValueError, av.error.FFmpegError) as err:
-            raise SampleError(f"video does not decode ({str(err).splitlines()[0]})") from None
-        claimed = sample.get("frames")
-        if claimed and len(frames) < claimed:
-            raise SampleError(f"video decodes {len(frames)} of the {claimed} frames it claims")
-        fps = float(sample.get("fps") or video_fps)
-        inputs = encode_clip(self.processor, frames, fps, self.chat_text(sample), self.settings)
+        views = []
+        extra = zip(sample.get("extra_videos") or (), sample.get("extra_frames") or (),
+                    sample.get("extra_fps") or (), strict=True)  # fmt: skip
+        for view, (video, claimed, fps) in enumerate(
+            [(sample["video"], sample.get("frames"), sample.get("fps")), *extra]
+        ):
+            settings = self.settings.for_view(view)
+            try:
+                frames, video_fps = decode_video(video, settings)
+            except (OSError, ValueError, av.error.FFmpegError) as err:
+                raise SampleError(f"video does not decode ({str(err).splitlines()[0]})") from None
+            if claimed and len(frames) < claimed:
+                raise SampleError(f"video decodes {len(frames)} of the {claimed} frames it claims")
+            views.append((frames, float(fps or video_fps)))
+        inputs = encode_views(self.processor, views, self.chat_text(sample), self.settings)
         input_ids = inputs["input_ids"][0]
         if len(input_ids) > self.max_length:
             raise SampleError(f"{len(input_ids)} tokens > model_max_length {self.max_length}")

@@ -28,7 +28,14 @@ import xxhash
 
 from qwenvl import record
 from qwenvl.answer import AnswerFormat, AnswerParseError, parse_pairs
-from qwenvl.chat import SAMPLE_SCHEMA, PromptSettings, answer_of, user_text_of
+from qwenvl.chat import (
+    SAMPLE_SCHEMA,
+    VIDEO_TAG,
+    PromptSettings,
+    answer_of,
+    human_of,
+    user_text_of,
+)
 from qwenvl.data import data_list
 from qwenvl.files import StoredSettings, atomic_write_text, file_folders, missing_files
 from qwenvl.task import HORIZON_PAIRS
@@ -55,10 +62,11 @@ _PAIR = rf"\(\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\)"
 _ANSWER = rf"^\s*\[\s*{_PAIR}(?:\s*,\s*{_PAIR}){{{HORIZON_PAIRS - 1}}}\s*\]\s*$"
 
 
-def sample_problem(sample: dict, video: str | Path | None) -> str | None:
-    """Why a sample cannot train, from the sample and its file alone (its pixels are checked as
+def sample_problem(sample: dict, video: str | Path | None, *extra: str | Path) -> str | None:
+    """Why a sample cannot train, from the sample and its files alone (its pixels are checked as
     they are decoded): an answer that is not 30 pairs by the strict parser, a frame rate or
-    frame count that is not positive, a video that is not there. None for a good sample."""
+    frame count that is not positive, a user turn whose <video> tags are not its videos, a video
+    (of any view) that is not there. None for a good sample."""
     try:
         parse_pairs(answer_of(sample))
     except AnswerParseError as err:
@@ -71,12 +79,18 @@ def sample_problem(sample: dict, video: str | Path | None) -> str | None:
             return f"{name} {value} is not positive"
     if video is None:
         return "no video path"
-    if not Path(video).is_file():
+    layouts = [len(sample.get(f"extra_{n}") or ()) for n in ("frames", "widths", "heights", "fps")]
+    if any(count != len(extra) for count in layouts):
+        return f"{len(extra)} further views but layouts of {layouts}"
+    tags = human_of(sample).count(VIDEO_TAG)
+    if tags != 1 + len(extra):
+        return f"{tags} <video> tags for {1 + len(extra)} videos"
+    if not Path(video).is_file() or not all(Path(v).is_file() for v in extra):
         return "video not found"
     return None
 
 
-def with_checks(sample: dict, video: str | Path | None) -> dict:
+def with_checks(sample: dict, video: str | Path | None, *extra: str | Path) -> dict:
     """A sample with its check columns (CHECK_COLUMNS)."""
     try:
         human, answer = sample["conversations"][0]["value"], answer_of(sample)
@@ -86,13 +100,14 @@ def with_checks(sample: dict, video: str | Path | None) -> dict:
         **sample,
         "user_bytes": len(str(human).encode()),
         "answer_bytes": len(str(answer).encode()),
-        "problem": sample_problem(sample, video),
+        "problem": sample_problem(sample, video, *extra),
     }
 
 
-def checked_table(samples: pa.Table, videos: list[str], listings: dict) -> pa.Table:
+def checked_table(samples: pa.Table, videos: list[list[str]], listings: dict) -> pa.Table:
     """Training samples (SAMPLE_SCHEMA) with their checks (STORE_SCHEMA), in bulk: the samples
-    the vectorised checks pass are good by sample_problem's rules; the rest are judged by it."""
+    the vectorised checks pass are good by sample_problem's rules; the rest are judged by it.
+    `videos` holds each sample's videos (every view's), absolute."""
     turns = pc.list_flatten(samples["conversations"].combine_chunks())
     values = pc.struct_field(turns, "value")
     human = pc.take(values, pa.array(np.arange(0, len(values), 2)))
@@ -103,10 +118,17 @@ def checked_table(samples: pa.Table, videos: list[str], listings: dict) -> pa.Ta
     ).to_numpy(zero_copy_only=False)
     for name in ("fps", "frames"):
         good &= pc.greater(samples[name], 0).to_numpy(zero_copy_only=False)
-    good &= ~missing_files(videos, listings)
+    views = np.array([len(v) for v in videos], dtype=np.int64)
+    if len(views):
+        missing = missing_files([path for v in videos for path in v], listings)
+        good &= np.add.reduceat(missing, np.cumsum([0, *views[:-1]])) == 0
+        good &= pc.count_substring(human, VIDEO_TAG).to_numpy(zero_copy_only=False) == views
+        for name in ("extra_frames", "extra_widths", "extra_heights", "extra_fps"):
+            counts = pc.list_value_length(samples[name]).fill_null(0).to_numpy(zero_copy_only=False)
+            good &= counts == views - 1
     problems = [None] * samples.num_rows
     for i in np.flatnonzero(~good):
-        problems[i] = sample_problem(samples.slice(i, 1).to_pylist()[0], videos[i])
+        problems[i] = sample_problem(samples.slice(i, 1).to_pylist()[0], *videos[i])
     columns = [
         *samples.columns,
         pc.binary_length(human).cast(pa.int64()),
@@ -117,11 +139,14 @@ def checked_table(samples: pa.Table, videos: list[str], listings: dict) -> pa.Ta
 
 
 def write_training_file(
-    path: Path, batches: Iterable[tuple[pa.Table, list[str]]], prompt: PromptSettings | None
+    path: Path,
+    batches: Iterable[tuple[pa.Table, list[list[str]]]],
+    prompt: PromptSettings | None,
 ) -> Counter:
     """Write training samples, batch by batch, as `path` (JSON, one sample per line) and its
     Arrow store beside it; memory holds one batch. A batch is a table of samples
-    (SAMPLE_SCHEMA) and their videos' absolute paths, for the checks the store records.
+    (SAMPLE_SCHEMA) and each one's videos (every view's, absolute), for the checks the store
+    records.
 
     The store is tied to its JSON by content: it records the JSON's size and hash (and the
     prompt it was written with), and is used only while they still hold (store_of). Returns the
@@ -269,6 +294,8 @@ class _Part:
         for key in CHECK_COLUMNS:
             sample.pop(key, None)
         sample["video"] = str(Path(self.data_path) / sample["video"])
+        if sample.get("extra_videos"):
+            sample["extra_videos"] = [str(Path(self.data_path) / v) for v in sample["extra_videos"]]
         return sample
 
     def column(self, name: str, fill) -> np.ndarray:
@@ -277,6 +304,19 @@ class _Part:
         if isinstance(self.rows, pa.Table):
             return self.rows.column(name).to_numpy(zero_copy_only=False)
         return np.array([row.get(name, fill) for row in self.rows])
+
+    def lists(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A list column in bulk: every row's values one after the other, and each row's
+        count (none for rows, or a store, without it)."""
+        if isinstance(self.rows, pa.Table):
+            if name not in self.rows.column_names:
+                return np.empty(0), np.zeros(len(self.rows), dtype=np.int64)
+            column = self.rows.column(name).combine_chunks()
+            counts = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+            return pc.list_flatten(column).to_numpy(zero_copy_only=False), counts
+        values = [row.get(name) or [] for row in self.rows]
+        counts = np.array([len(v) for v in values], dtype=np.int64)
+        return np.array([x for v in values for x in v]), counts
 
 
 class Samples(Sequence):
@@ -314,6 +354,26 @@ class Samples(Sequence):
                 out = np.empty(len(self), dtype=values.dtype if values.dtype != object else object)
             out[mine] = values
         return out if out is not None else np.empty(0)
+
+    def lists(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A small list column (extra_frames, extra_widths, ...) of every sample in bulk, in
+        sample order: every sample's values one after the other, and each sample's count."""
+        flats, base = [], 0
+        counts = np.zeros(len(self), dtype=np.int64)
+        firsts = np.zeros(len(self), dtype=np.int64)
+        for number, part in enumerate(self.parts):
+            flat, sizes = part.lists(name)
+            starts = np.concatenate([[0], np.cumsum(sizes)])[:-1] + base
+            mine = self.part_of == number
+            counts[mine] = sizes[self.row_of[mine]]
+            firsts[mine] = starts[self.row_of[mine]]
+            flats.append(flat)
+            base += len(flat)
+        if not counts.any():
+            return np.empty(0), counts
+        flat = np.concatenate(flats)
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return flat[np.repeat(firsts, counts) + within], counts
 
 
 def mean_pairs(samples: Samples, when: str) -> np.ndarray:
@@ -356,8 +416,12 @@ def _json_part(path: Path, data_path: str) -> _Part:
             rows[number] = {"id": name, "problem": "not a JSON object"}
             continue
         row.setdefault("id", name)
-        video = row.get("video")
-        rows[number] = with_checks(row, Path(data_path) / video if isinstance(video, str) else None)
+        video, extra = row.get("video"), row.get("extra_videos") or []
+        if isinstance(video, str) and all(isinstance(v, str) for v in extra):
+            views = [Path(data_path) / v for v in (video, *extra)]
+        else:
+            views = [None]
+        rows[number] = with_checks(row, *views)
     return _Part(rows, data_path)
 
 
@@ -434,7 +498,10 @@ def video_folders_of(path: Path, data_path: str) -> set[str]:
     except ValueError:
         table = None
     if table is not None:
-        videos = table.column("video")
+        videos = table.column("video").combine_chunks()
+        if "extra_videos" in table.column_names:
+            extra = pc.list_flatten(table.column("extra_videos").combine_chunks())
+            videos = pa.concat_arrays([videos, extra.cast(videos.type)])
         folders = pc.unique(pc.replace_substring_regex(videos, r"(^|/)[^/]*$", "")).to_pylist()
         return file_folders([os.path.join(folder, "x") for folder in folders], data_path)
     try:
@@ -443,4 +510,7 @@ def video_folders_of(path: Path, data_path: str) -> set[str]:
         return set()
     if not isinstance(rows, list):
         return set()
-    return file_folders([row.get("video") for row in rows if isinstance(row, dict)], data_path)
+    rows = [row for row in rows if isinstance(row, dict)]
+    videos = [row.get("video") for row in rows]
+    videos += [v for row in rows for v in (row.get("extra_videos") or [])]
+    return file_folders(videos, data_path)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from qwenvl.chat import user_text_of
+from qwenvl.chat import human_of
 from qwenvl.distributed import gather_in_order, share
 from qwenvl.inference.backend import Answer, Backend, Request
-from qwenvl.inference.clips import ClipUnreadable, clip_of
+from qwenvl.inference.clips import ClipUnreadable, views_of
 
 
 @dataclass
@@ -58,15 +58,15 @@ def answer_samples(
                     why = problem(sample) if problem is not None else None
                     if why:
                         raise ClipUnreadable(why)
-                    frames, fps = clip_of(sample, backend.spec.video)
+                    views = views_of(sample, backend.spec.video)
                 except ClipUnreadable as err:
                     unanswered.append((index, (sample.get("id", f"sample {index}"), str(err))))
                     continue
                 ready.append(index)
-                requests.append(Request(frames, fps, user_text_of(sample)))
+                requests.append(Request(views, human_of(sample)))
             if lockstep and not requests:
-                frames, fps = clip_of(samples[0], backend.spec.video)  # a stand-in
-                requests.append(Request(frames, fps, user_text_of(samples[0])))
+                stand_in = samples[0]  # its answer dropped
+                requests.append(Request(views_of(stand_in, backend.spec.video), human_of(stand_in)))
             if requests:
                 answers = backend.answer(requests, constrained, max_new_tokens)
                 answered += list(zip(ready, answers[: len(ready)], strict=True))

@@ -1,7 +1,8 @@
-"""The one interface that answers clips: a request is a clip's frames (decoded as training
-decoded them), their frame rate and the user text asked with them; an answer is the text and
-its token counts. Backends behind it: transformers (the default; also the model a Trainer holds)
-and vLLM (its own environment). Evaluation, prediction and the task metrics use only this."""
+"""The one interface that answers clips: a request is a segment's clips (each camera's frames,
+decoded as training decoded them, and their frame rate) and the user turn asked with them; an
+answer is the text and its token counts. Backends behind it: transformers (the default; also
+the model a Trainer holds) and vLLM (its own environment). Evaluation, prediction and the task
+metrics use only this."""
 
 from __future__ import annotations
 
@@ -17,14 +18,24 @@ from qwenvl.inference.spec import ModelSpec
 BACKENDS = ("transformers", "vllm")
 
 
+Clip = tuple[np.ndarray, float]
+"""(frames (T, H, W, 3) uint8 RGB at the model's frame size, the clip's real frame rate: Qwen3-VL's
+timestamps come from it), as qwenvl.inference.clips decodes them."""
+
+
 @dataclass(frozen=True)
 class Request:
-    frames: np.ndarray
-    """(T, H, W, 3) uint8 RGB at the model's frame size (qwenvl.inference.clips)."""
-    fps: float
-    """The clip's real frame rate: Qwen3-VL's timestamps come from it."""
-    user_text: str
-    """The user turn's text, asked after the video (qwenvl.chat)."""
+    views: tuple[Clip, ...]
+    """Each camera's clip, in the order of the user turn's <video> tags."""
+    human: str
+    """The user turn: a <video> tag where each clip goes, then the text (qwenvl.chat)."""
+
+    @classmethod
+    def single(cls, frames: np.ndarray, fps: float, user_text: str) -> Request:
+        """One camera's clip, asked with `user_text` after it."""
+        from qwenvl.chat import VIDEO_TAG
+
+        return cls(((frames, fps),), f"{VIDEO_TAG}\n{user_text}")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,19 @@ def clip_of(sample: Mapping, settings: VideoSettings) -> tuple[np.ndarray, float
     return frames, float(sample.get("fps") or fps)
 
 
+def views_of(sample: Mapping, settings: VideoSettings) -> tuple[tuple[np.ndarray, float], ...]:
+    """Every view of a training-format sample (its own camera's clip, then the others'), each
+    decoded at its own settings; ClipUnreadable as clip_of says."""
+    views = [clip_of(sample, settings)]
+    extra = zip(sample.get("extra_videos") or (), sample.get("extra_frames") or (),
+                sample.get("extra_fps") or (), strict=True)  # fmt: skip
+    for view, (video, frames, fps) in enumerate(extra, start=1):
+        views.append(
+            clip_of({"video": video, "frames": frames, "fps": fps}, settings.for_view(view))
+        )
+    return tuple(views)
+
+
 def to_one_second(frames: np.ndarray, fps: float, count: int = CLIP_FRAMES):
     """The last second of a clip as exactly `count` frames, and the fps that makes them 1 s."""
     if len(frames) == count and abs(fps - count) < 0.5:
@@ -55,3 +68,11 @@ def any_clip(video: str, settings: VideoSettings) -> tuple[np.ndarray, float]:
     """Any mp4 as one second of 30 frames (its last second, resampled); ClipUnreadable when it
     is missing or does not decode."""
     return to_one_second(*_decoded(video, settings))
+
+
+def any_view(video: str, settings: VideoSettings) -> tuple[np.ndarray, float]:
+    """Another camera's clip of the moment, as its segments hold it in training: its last
+    second at its own rate (not resampled: the view's own budget samples it); ClipUnreadable
+    when it is missing or does not decode."""
+    frames, fps = _decoded(video, settings)
+    return frames[-max(1, int(round(fps))) :], fps

@@ -86,17 +86,16 @@ def encoded_samples(samples, processor, settings) -> list[dict]:
     """Model inputs of training-format samples with their answers (teacher-forced), and the
     positions whose next token is the answer's."""
     from qwenvl.chat import sample_messages
-    from qwenvl.data.dataset import answer_mask, encode_clip
-    from qwenvl.inference.clips import clip_of
+    from qwenvl.data.dataset import answer_mask, encode_views
+    from qwenvl.inference.clips import views_of
 
     tokenizer = processor.tokenizer
     header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     encoded = []
     for sample in samples:
-        frames, fps = clip_of(sample, settings)
         text = processor.apply_chat_template(sample_messages(sample, True), tokenize=False)
-        inputs = dict(encode_clip(processor, frames, fps, text, settings))
+        inputs = dict(encode_views(processor, views_of(sample, settings), text, settings))
         mask = answer_mask(inputs["input_ids"][0], header, im_end)
         inputs["positions"] = torch.nonzero(mask[1:]).flatten()  # t predicts t + 1
         encoded.append(inputs)

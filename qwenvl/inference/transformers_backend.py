@@ -13,7 +13,7 @@ import torch
 from transformers import AutoProcessor
 
 from qwenvl.answer import AnswerFormat
-from qwenvl.chat import model_messages
+from qwenvl.chat import chat_messages
 from qwenvl.inference.backend import Answer, Backend, Request
 from qwenvl.inference.spec import ModelSpec
 from qwenvl.model import load_model, quantization_config, resolve_device, use_device
@@ -121,14 +121,18 @@ class TransformersBackend(Backend):
         """The chat texts of the requests, as the processor's template renders them."""
         return [
             self.processor.apply_chat_template(
-                model_messages(r.user_text), add_generation_prompt=True, tokenize=False
+                chat_messages(r.human), add_generation_prompt=True, tokenize=False
             )
             for r in requests
         ]
 
     def inputs(self, requests: Sequence[Request]) -> dict:
         """Model inputs for a batch, left-padded so prompts end together."""
-        prepared = [prepare_clip(r.frames, r.fps, self.spec.video) for r in requests]
+        prepared = [
+            prepare_clip(frames, fps, self.spec.video.for_view(view))
+            for r in requests
+            for view, (frames, fps) in enumerate(r.views)
+        ]
         videos, metadata = zip(*prepared, strict=True)
         self.processor.tokenizer.padding_side = "left"
         return self.processor(

@@ -139,6 +139,7 @@ class VllmBackend(Backend):
             "max_batch": max_batch,
             "tensor_parallel_size": tensor_parallel_size,
             "profile_frame": {"width": width, "height": height},
+            "max_views": max(1, len(spec.prompt.cameras) if spec.prompt else 1),
         }
         env = {**os.environ, "PYTHONPATH": str(PROJECT)}
         worker = subprocess.Popen(
@@ -184,9 +185,7 @@ class VllmBackend(Backend):
         reply = self.call(
             {
                 "op": "answer",
-                "requests": [
-                    {"frames": r.frames, "fps": r.fps, "user_text": r.user_text} for r in requests
-                ],
+                "requests": [{"views": r.views, "human": r.human} for r in requests],
                 "constrained": constrained,
                 "max_tokens": budget,
             }

@@ -81,7 +81,10 @@ class Served:
             enable_prefix_caching=False,
             enforce_eager=current_platform.is_cpu(),
             tensor_parallel_size=load["tensor_parallel_size"],
-            limit_mm_per_prompt={"image": 0, "video": {"count": 1, **load["profile_frame"]}},
+            limit_mm_per_prompt={
+                "image": 0,
+                "video": {"count": load["max_views"], **load["profile_frame"]},
+            },
             mm_processor_kwargs=VIDEO_KWARGS,
             mm_processor_cache_gb=0,  # every clip is seen once
             structured_outputs_config={"backend": "xgrammar"},
@@ -105,16 +108,19 @@ class Served:
         )
 
     def prompt(self, request: dict) -> dict:
-        from qwenvl.chat import model_messages
+        from qwenvl.chat import chat_messages
         from qwenvl.video import prepare_clip
 
         text = self.tokenizer.apply_chat_template(
-            model_messages(request["user_text"]), add_generation_prompt=True, tokenize=False
+            chat_messages(request["human"]), add_generation_prompt=True, tokenize=False
         )
-        video, metadata = prepare_clip(request["frames"], request["fps"], self.video)
+        videos = []
+        for view, (frames, fps) in enumerate(request["views"]):
+            video, metadata = prepare_clip(frames, fps, self.video.for_view(view))
+            videos.append((video, asdict(metadata)))
         return {
             "prompt": text,
-            "multi_modal_data": {"video": (video, asdict(metadata))},
+            "multi_modal_data": {"video": videos if len(videos) > 1 else videos[0]},
             "mm_processor_kwargs": VIDEO_KWARGS,
         }
 

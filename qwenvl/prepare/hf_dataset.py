@@ -90,6 +90,28 @@ def _with_history(table: pa.Table, speed: list | None = None, curvature: list | 
     return table.append_column("history_curvature", pa.array(curvature, kind))
 
 
+def _shown_views(table: pa.Table, cameras: tuple[str, ...], root: str) -> pa.Table:
+    """The table with the further views the prompt shows (`cameras`, none for one camera), in
+    its order, their paths absolute under `root`. Row by row: only where views are shown."""
+    if not cameras:
+        empty = record.with_views(table.drop_columns([f.name for f in record.VIEWS]))
+        return empty.select(table.column_names).cast(table.schema)
+    names = [f.name for f in record.VIEWS]
+    rows = zip(*(table[name].to_pylist() for name in names), strict=True)
+    kept: dict[str, list] = {name: [] for name in names}
+    for own_and_extra, *extras in rows:
+        own, others = own_and_extra[:1], own_and_extra[1:]
+        order = [others.index(c) for c in cameras[1:] if c in others]
+        kept["cameras"].append(own + [others[i] for i in order])
+        kept["extra_videos"].append([f"{root}/{extras[0][i]}" for i in order])
+        for name, values in zip(names[2:], extras[1:], strict=True):
+            kept[name].append([values[i] for i in order])
+    for name in names:
+        index = table.column_names.index(name)
+        table = table.set_column(index, name, pa.array(kept[name], table.schema.field(name).type))
+    return table
+
+
 def build_dataset(
     manifest: Path,
     segments_dir: Path,
@@ -118,9 +140,13 @@ def build_dataset(
         [*record.arrow_fields(record.SEGMENT), ("video", pa.string())]
         + [(name, pa.int64() if name == "chunk" else pa.list_(pa.int64())) for name in extra]
     )
-    for batch in pq.ParquetFile(manifest).iter_batches(batch_size=batch_size, columns=wanted.names):
+    present = set(pq.ParquetFile(manifest).schema_arrow.names)
+    columns = [name for name in wanted.names if name in present]  # a manifest before views
+    for batch in pq.ParquetFile(manifest).iter_batches(batch_size=batch_size, columns=columns):
         # As the record declares them (pandas writes strings as large_string, say).
-        table = pa.Table.from_batches([batch]).select(wanted.names).cast(wanted)
+        table = record.with_views(pa.Table.from_batches([batch]))
+        table = table.select(wanted.names).cast(wanted)
+        table = _shown_views(table, prompt.cameras, root)
         if reader is None:
             table = _with_history(table)
         else:
@@ -132,7 +158,8 @@ def build_dataset(
             if not part.num_rows:
                 continue
             videos = pc.binary_join_element_wise(root, part["video"], "/")
-            missing += int(missing_files(videos.to_pylist(), listings).sum())
+            paths = videos.to_pylist() + pc.list_flatten(part["extra_videos"]).to_pylist()
+            missing += int(missing_files(paths, listings).sum())
             records = part.select([f.name for f in record.FIELDS])
             rows = dataset_table(records, videos.combine_chunks(), prompt, answer_format)
             writers[name].write_table(rows)

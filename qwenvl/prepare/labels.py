@@ -202,3 +202,47 @@ def make_segments(timestamps_us: np.ndarray, egomotion: pd.DataFrame) -> ClipSeg
         first = next(iter(dropped.values()), "the clip holds no 2 s of frames")
         raise ClipError(f"no complete segment ({first})")
     return ClipSegments(segments, dropped)
+
+
+@dataclass(frozen=True)
+class SideFrames:
+    """The frames another camera took in each segment's window (cameras are not frame-locked:
+    each has its own timestamps, possibly its own rate), and the segments it has too few for."""
+
+    frames: dict[int, np.ndarray]  # segment index -> the camera's frame indices in its window
+    fps: float  # the camera's nominal rate: what its segment mp4s play at
+    short: dict[int, str]  # segment index -> why the camera cannot join it
+
+
+MIN_VIEW_FRAMES = 2  # the vision encoder takes frames in pairs
+
+
+def side_frames(timestamps_us: np.ndarray, segments: list[Segment], camera: str) -> SideFrames:
+    """For each segment, the indices of `camera`'s frames whose own timestamps lie within the
+    segment's window, from its first frame to its last: nothing after the segment's last frame
+    enters a view (the label's second starts after it). A camera whose frames do not span the
+    window (it starts late or stops early, more than a frame and a half from either end) cannot
+    join that segment. ClipError for timestamps that are NaN or out of order."""
+    t = np.asarray(timestamps_us, dtype=np.float64)
+    if len(t) < MIN_VIEW_FRAMES or not np.isfinite(t).all() or np.any(np.diff(t) <= 0):
+        raise ClipError(f"{camera} timestamps contain NaN, are too few or not increasing")
+    t = t.astype(np.int64)
+    fps = float(round(US_PER_SECOND / np.median(np.diff(t))))
+    slack = 1.5 * US_PER_SECOND / fps
+    frames, short = {}, {}
+    for seg in segments:
+        first, last = seg.frame_timestamps_us[0], seg.frame_timestamps_us[-1]
+        inside = np.flatnonzero((t >= first) & (t <= last))
+        spans = len(inside) >= MIN_VIEW_FRAMES and (
+            t[inside[0]] - first <= slack and last - t[inside[-1]] <= slack
+        )
+        if spans:
+            frames[seg.index] = inside
+        elif len(inside):
+            short[seg.index] = (
+                f"{camera} covers {t[inside[0]] / 1e6:.2f}-{t[inside[-1]] / 1e6:.2f} s of this "
+                f"segment's {first / 1e6:.2f}-{last / 1e6:.2f} s only"
+            )
+        else:
+            short[seg.index] = f"{camera} has no frame in this segment's window"
+    return SideFrames(frames, fps, short)

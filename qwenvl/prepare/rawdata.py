@@ -158,9 +158,13 @@ class RawDataset:
 
     root: Path
     camera: str = DEFAULT_CAMERA
+    """The segments' camera: their timeline, labels and overlay are this camera's."""
+    side_cameras: tuple[str, ...] = ()
+    """Cameras whose frames of each segment's window join it as further views."""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        self.side_cameras = tuple(c for c in self.side_cameras if c != self.camera)
         self._zips: dict[Path, zipfile.ZipFile | None] = {}
         self._calibration: dict[tuple[str, int], pd.DataFrame | NoCalibration] = {}
 
@@ -168,9 +172,10 @@ class RawDataset:
     def features(self) -> Features:
         """File and member templates: features.csv when present, the documented names else."""
         path = self.root / FEATURES_CSV
-        table = read_features_csv(path) if path.is_file() else default_features((self.camera,))
+        cameras = (self.camera, *self.side_cameras)
+        table = read_features_csv(path) if path.is_file() else default_features(cameras)
         features = Features(table)
-        for needed in (self.camera, EGOMOTION):
+        for needed in (*cameras, EGOMOTION):
             if needed not in features.ALL:
                 cameras = sorted(table.index[table["directory"] == "camera"])
                 raise ValueError(f"{path}: no feature '{needed}' (cameras: {', '.join(cameras)})")
@@ -237,7 +242,8 @@ class RawDataset:
         return ClipSelection(clips, len(index) - len(here), invalid, unavailable)
 
     def _unavailable(self, clip_ids: pd.Index) -> dict[str, str]:
-        """clip_id -> why, for clips the presence table says lack the camera or egomotion."""
+        """clip_id -> why, for clips the presence table says lack the camera or egomotion (a
+        side camera's absence is the segmenting step's to judge: qwenvl.prepare.writer)."""
         presence = self.feature_presence
         if presence is None:
             return {}
@@ -268,16 +274,29 @@ class RawDataset:
             self._zips[path] = zipfile.ZipFile(path) if path.is_file() else None
         return self._zips[path]
 
-    def video_bytes(self, clip_id: str, chunk: int) -> bytes:
-        member = self.member(self.camera, clip_id, "video")
-        return self._read_member(self.camera, chunk, member)
+    def video_bytes(self, clip_id: str, chunk: int, camera: str | None = None) -> bytes:
+        camera = camera or self.camera
+        return self._read_member(camera, chunk, self.member(camera, clip_id, "video"))
 
-    def frame_timestamps(self, clip_id: str, chunk: int) -> pd.Series:
-        """Camera frame timestamps (int64 µs on the clip clock), one per frame."""
-        member = self.member(self.camera, clip_id, "frame_timestamps")
-        return pd.read_parquet(io.BytesIO(self._read_member(self.camera, chunk, member)))[
-            "timestamp"
-        ]
+    def frame_timestamps(self, clip_id: str, chunk: int, camera: str | None = None) -> pd.Series:
+        """A camera's frame timestamps (int64 µs on the clip clock), one per frame; each camera
+        has its own (cameras are not frame-locked)."""
+        camera = camera or self.camera
+        member = self.member(camera, clip_id, "frame_timestamps")
+        return pd.read_parquet(io.BytesIO(self._read_member(camera, chunk, member)))["timestamp"]
+
+    def lacks_camera(self, clip_id: str, chunk: int, camera: str) -> str | None:
+        """Why a clip has no `camera` (not in the presence table, its chunk not downloaded), or
+        None when it may have it."""
+        presence = self.feature_presence
+        if presence is not None and camera in presence.columns:
+            if clip_id in presence.index and not bool(presence.at[clip_id, camera]):
+                return f"no {camera} for this clip (feature_presence)"
+        zip_path = self.root / self.chunk_file(camera, chunk)
+        beside = zip_path.parent / self.member(camera, clip_id, "video")
+        if not (self.has_chunk(camera, chunk) or beside.is_file()):
+            return f"{camera} not downloaded (no {zip_path.name})"
+        return None
 
     def egomotion(self, clip_id: str, chunk: int) -> pd.DataFrame:
         member = self.member(EGOMOTION, clip_id, EGOMOTION)

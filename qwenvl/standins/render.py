@@ -1,4 +1,4 @@
-"""The front camera's calibration and its rendered view of a textured ground plane, as mp4."""
+"""The cameras' calibration and their rendered views of a textured ground plane, as mp4."""
 
 from __future__ import annotations
 
@@ -30,19 +30,46 @@ SKY_HORIZON = (190, 205, 220)
 
 
 @dataclass(frozen=True)
+class Mount:
+    """Where a camera sits on the rig and how wide it sees: its yaw (degrees, + = left of
+    ahead), its horizontal field of view, and its place (metres ahead of the rear axle, to
+    the left)."""
+
+    yaw_deg: float = 0.0
+    hfov_deg: float = CAMERA_HFOV_DEG
+    x: float = CAMERA_FORWARD_M
+    y: float = 0.0
+
+
+# The dataset's seven cameras as rendered here (their names are the dataset's): the cross
+# cameras look sideways, the rear ones back over the shoulders, the tele cameras narrow.
+MOUNTS = {
+    "camera_front_wide_120fov": Mount(),
+    "camera_front_tele_30fov": Mount(hfov_deg=30.0, x=1.6),
+    "camera_cross_left_120fov": Mount(yaw_deg=90.0, x=2.0, y=0.9),
+    "camera_cross_right_120fov": Mount(yaw_deg=-90.0, x=2.0, y=-0.9),
+    "camera_rear_left_70fov": Mount(yaw_deg=150.0, hfov_deg=70.0, x=2.0, y=0.9),
+    "camera_rear_right_70fov": Mount(yaw_deg=-150.0, hfov_deg=70.0, x=2.0, y=-0.9),
+    "camera_rear_tele_30fov": Mount(yaw_deg=180.0, hfov_deg=30.0, x=-1.0),
+}
+
+
+@dataclass(frozen=True)
 class SyntheticCamera:
-    """The rendered front camera, in the dataset's own calibration schema: an f-theta intrinsics
-    row (equidistant, the pixel radius f x the ray's angle from the axis, f fitting
-    CAMERA_HFOV_DEG across the width) and the camera's pose on the rig. Frames are rendered
-    through the devkit's FThetaCameraModel built from that row, so the calibration written
-    with a clip is exactly how its pixels were made (pixel centres at integer + 0.5)."""
+    """A rendered camera, in the dataset's own calibration schema: an f-theta intrinsics row
+    (equidistant, the pixel radius f x the ray's angle from the axis, f fitting its field of
+    view across the width) and the camera's pose on the rig. Frames are rendered through the
+    devkit's FThetaCameraModel built from that row, so the calibration written with a clip is
+    exactly how its pixels were made (pixel centres at integer + 0.5). The front wide camera
+    by default."""
 
     width: int
     height: int
+    mount: Mount = Mount()
 
     @property
     def focal(self) -> float:
-        return (self.width / 2) / math.radians(CAMERA_HFOV_DEG / 2)
+        return (self.width / 2) / math.radians(self.mount.hfov_deg / 2)
 
     def intrinsics(self) -> dict:
         row = {"width": self.width, "height": self.height}
@@ -53,16 +80,20 @@ class SyntheticCamera:
 
     def rotation(self) -> np.ndarray:
         """(3, 3) camera axes (x right, y down, z out of the lens) as rig vectors (x forward,
-        y left, z up), pitched CAMERA_PITCH_DEG down."""
+        y left, z up), pitched CAMERA_PITCH_DEG down, then turned by the mount's yaw."""
         p = math.radians(CAMERA_PITCH_DEG)
         right, down = [0.0, -1.0, 0.0], [-math.sin(p), 0.0, -math.cos(p)]
-        return np.array([right, down, [math.cos(p), 0.0, -math.sin(p)]]).T
+        ahead = np.array([right, down, [math.cos(p), 0.0, -math.sin(p)]]).T
+        yaw = math.radians(self.mount.yaw_deg)
+        c, s = math.cos(yaw), math.sin(yaw)
+        return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ ahead
 
     def extrinsics(self) -> dict:
         from scipy.spatial.transform import Rotation
 
         qx, qy, qz, qw = Rotation.from_matrix(self.rotation()).as_quat()
-        return dict(qx=qx, qy=qy, qz=qz, qw=qw, x=CAMERA_FORWARD_M, y=0.0, z=CAMERA_HEIGHT_M)
+        x, y = self.mount.x, self.mount.y
+        return dict(qx=qx, qy=qy, qz=qz, qw=qw, x=x, y=y, z=CAMERA_HEIGHT_M)
 
     def model(self):
         from physical_ai_av.utils.camera_models import FThetaCameraModel
@@ -156,14 +187,13 @@ def ground_points(camera: SyntheticCamera) -> tuple[np.ndarray, np.ndarray]:
     rays = _pixel_rays(camera)
     down = np.minimum(rays[..., 2], -1e-9)
     reach = CAMERA_HEIGHT_M / -down
-    ground = np.array([CAMERA_FORWARD_M, 0.0]) + rays[..., :2] * reach[..., None]
+    ground = np.array([camera.mount.x, camera.mount.y]) + rays[..., :2] * reach[..., None]
     near = (rays[..., 2] < 0) & (reach * np.linalg.norm(rays[..., :2], axis=-1) < GROUND_RANGE_M)
     return ground, near
 
 
-@lru_cache(maxsize=8)
-def _ground_geometry(width: int, height: int) -> _GroundGeometry:
-    camera = SyntheticCamera(width, height)
+@lru_cache(maxsize=16)
+def _ground_geometry(camera: SyntheticCamera) -> _GroundGeometry:
     ground, near = ground_points(camera)
     rays = _pixel_rays(camera)
     pixels = np.flatnonzero(near)
@@ -183,12 +213,15 @@ def _ground_geometry(width: int, height: int) -> _GroundGeometry:
 
 
 class GroundRenderer:
-    """Renders the front camera's view of an endless textured ground plane with a sky."""
+    """Renders a camera's view (the front camera's by default) of an endless textured ground
+    plane with a sky."""
 
-    def __init__(self, width: int, height: int, texture: np.ndarray) -> None:
+    def __init__(
+        self, width: int, height: int, texture: np.ndarray, mount: Mount = Mount()
+    ) -> None:
         self.width, self.height = width, height
         self.texture = texture
-        self.geometry = _ground_geometry(width, height)
+        self.geometry = _ground_geometry(SyntheticCamera(width, height, mount))
         # Far ground fades to the texture's mean colour, a little washed out towards the sky.
         haze = 0.6 * texture[_mip_offsets()[-1] :].mean(axis=0) + 0.4 * np.array(SKY_HORIZON)
         self.background = _background(self.geometry.elevation, haze)  # where no ground is

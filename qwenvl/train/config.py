@@ -122,6 +122,15 @@ SETTINGS: tuple[Setting, ...] = (
             ("video_min_pixels",), low=1, resume=True),
     Setting("VIDEO_MAX_PIXELS", "int", _VIDEO.max_pixels, "most pixels per frame",
             ("video_max_pixels",), low=1, resume=True),
+    Setting("VIDEO_SIDE_MIN_FRAMES", "int", _VIDEO.side_min_frames, "fewest frames per clip "
+            "of another camera than the segments' own (datasets of several cameras)",
+            ("video_side_min_frames",), low=1, resume=True),
+    Setting("VIDEO_SIDE_MAX_FRAMES", "int", _VIDEO.side_max_frames, "most frames per clip of "
+            "another camera", ("video_side_max_frames",), low=1, resume=True),
+    Setting("VIDEO_SIDE_MIN_PIXELS", "int", _VIDEO.side_min_pixels, "fewest pixels per frame "
+            "of another camera", ("video_side_min_pixels",), low=1, resume=True),
+    Setting("VIDEO_SIDE_MAX_PIXELS", "int", _VIDEO.side_max_pixels, "most pixels per frame of "
+            "another camera", ("video_side_max_pixels",), low=1, resume=True),
     # --- saving, logging, resuming
     Setting("SAVE_STEPS", "int", 100, "a checkpoint (and an evaluation) every this many steps",
             ("save_steps",), low=1),

@@ -188,7 +188,7 @@ def test_batched_generation_equals_one_at_a_time(fine_tuned, steady_data):
     # A narrower third clip gives a shorter prompt, so the batch really pads on the left.
     clips.append((clips[0][0][:, :, :64], clips[0][1]))
     prompt = backend.spec.user_prompt().user_text()
-    requests = [Request(frames, fps, prompt) for frames, fps in clips]
+    requests = [Request.single(frames, fps, prompt) for frames, fps in clips]
     batched = backend.answer(requests, max_new_tokens=60)
     single = [backend.answer([r], max_new_tokens=60)[0] for r in requests]
     assert batched == single

@@ -14,7 +14,7 @@ import pytest
 from qwenvl.evaluate import overlay
 from qwenvl.prepare import rawdata
 from qwenvl.prepare.labels import yaw_from_quaternion
-from qwenvl.prepare.writer import process_clip
+from qwenvl.prepare.writer import Cut, process_clip
 from qwenvl.standins.render import (
     CAMERA_FORWARD_M,
     CAMERA_HEIGHT_M,
@@ -147,7 +147,8 @@ def test_true_path_at_one_second_lands_where_the_renderer_put_that_ground(tmp_pa
     )
     dataset = rawdata.RawDataset(root)
     clip_id, chunk = dataset.clip_index.index[0], int(dataset.clip_index["chunk"].iloc[0])
-    rows, _, calibration, _ = process_clip(dataset, clip_id, chunk, tmp_path / "seg", max_width=160)
+    result = process_clip(dataset, clip_id, chunk, tmp_path / "seg", Cut(max_width=160))
+    rows, calibration = result["rows"], result["calibration"]
     view = overlay.camera_view(calibration, rows[0]["width"], rows[0]["height"])
     assert (rows[0]["width"], rows[0]["height"]) == (160, 90)
     ground, near = ground_points(SyntheticCamera(320, 180))

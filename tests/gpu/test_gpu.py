@@ -173,7 +173,7 @@ def test_batched_generation_over_prompts_of_different_lengths_completes_each_ans
     prompt = backend.spec.user_prompt().user_text()
     clips = [decode_video(s["video"], backend.spec.video) for s in samples]
     clips.append((clips[0][0][:, :, :64], clips[0][1]))  # narrower: a shorter prompt
-    requests = [Request(frames, fps, prompt) for frames, fps in clips]
+    requests = [Request.single(frames, fps, prompt) for frames, fps in clips]
     batched = backend.answer(requests)
     single = [backend.answer([r])[0] for r in requests]
     assert len({a.prompt_tokens for a in batched}) > 1
@@ -232,7 +232,9 @@ def test_flash_attention_is_the_kernel_that_runs(tiny_model_dir, training_dir, m
     sample = load_samples([str(training_dir / "test.json")])[0]
     clip = decode_video(sample["video"], backend.spec.video)
     with torch.inference_mode():
-        backend.model(**backend.inputs([Request(*clip, backend.spec.user_prompt().user_text())]))
+        backend.model(
+            **backend.inputs([Request.single(*clip, backend.spec.user_prompt().user_text())])
+        )
     assert calls  # the attention layers went through flash-attn
 
 

@@ -109,7 +109,7 @@ def test_untrained_model_constrained_answers_parse_and_batch_equals_single(
     clips = [decode_video(s["video"], backend.spec.video) for s in samples]
     clips.append((clips[0][0][:, :, :64], clips[0][1]))  # narrower: a shorter, padded prompt
     prompt = backend.spec.user_prompt().user_text()
-    requests = [Request(frames, fps, prompt) for frames, fps in clips]
+    requests = [Request.single(frames, fps, prompt) for frames, fps in clips]
     batched = [a.text for a in backend.answer(requests)]
     single = [backend.answer([r])[0].text for r in requests]
     assert batched == single

@@ -56,10 +56,10 @@ def requests(training_dir) -> list[Request]:
     history = np.stack([np.linspace(8.0, 9.0, 10), np.full(10, 0.012)], axis=-1)
     history_text = PromptSettings(ego_history_seconds=1.0).user_text(history)
     return [
-        Request(*clips[0], texts[0]),
-        Request(*clips[1], texts[1]),
-        Request(clips[0][0][:, :, :64], clips[0][1], texts[0]),
-        Request(*clips[1], history_text),
+        Request.single(*clips[0], texts[0]),
+        Request.single(*clips[1], texts[1]),
+        Request.single(clips[0][0][:, :, :64], clips[0][1], texts[0]),
+        Request.single(*clips[1], history_text),
     ]
 
 
