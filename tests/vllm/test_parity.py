@@ -99,6 +99,31 @@ def test_answers_equal_the_transformers_backends(base, requests, constrained):
     assert [a.answer_tokens for a in theirs] == [a.answer_tokens for a in ours]
 
 
+def test_three_cameras_prompt_ids_and_answers_equal(model_dir, training_dir, tmp_path):
+    """A prompt of three cameras' clips, the other cameras at their own budget: vLLM builds the
+    prompt transformers builds and gives the same answer."""
+    from qwenvl.chat import PromptSettings
+
+    cameras = ("camera_front_wide_120fov", "camera_cross_left_120fov", "camera_cross_right_120fov")
+    out = tmp_path / "three"
+    shutil.copytree(model_dir, out)
+    prompt = PromptSettings(cameras=cameras)
+    prompt.save(out)
+    samples = load_samples([str(training_dir / "test.json")])[:2]
+    side = VIDEO.for_view(1)
+    views = (clip_of(samples[0], VIDEO), clip_of(samples[1], side), clip_of(samples[0], side))
+    request = Request(views, prompt.human(prompt.user_text()))
+    transformers, vllm = _backends(out)
+    try:
+        vllm.answer([request], max_new_tokens=1)
+        ours = transformers.inputs([request])["input_ids"][0].tolist()
+        assert vllm.last_prompt_ids[0] == ours
+        assert len(transformers.inputs([request])["video_grid_thw"]) == 3
+        assert vllm.answer([request])[0].text == transformers.answer([request])[0].text
+    finally:
+        vllm.close()
+
+
 def _adapter(model_dir: Path, out: Path, vision: bool, projector: bool) -> Path:
     """A LoRA adapter of the tiny model whose weights move its answers (random, not zero)."""
     from qwenvl.model import load_model
