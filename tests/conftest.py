@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 
@@ -91,6 +92,18 @@ def run_main(name: str, *argv) -> None:
     assert status == 0, f"{name} {' '.join(map(str, argv))} exited {status}"
 
 
+def train_in_process(kind: str, env: dict, *extra: str) -> None:
+    """A one-process training run as a launcher makes it (the environment's settings through its
+    pre-flight to train.py's arguments), with train.py's main run in this process: for tests
+    of what a run trains and writes. The launchers' own tests start the real thing."""
+    from qwenvl.train import config
+    from qwenvl.train.preflight import preflight
+
+    values = preflight({**os.environ, **{k: str(v) for k, v in env.items()}}, kind)
+    assert values["NPROC_PER_NODE"] == 1 and not values["DEEPSPEED_CONFIG"], "launch these"
+    run_main("train", *config.train_arguments(values, kind), *extra)
+
+
 def call_main(capsys, name: str, *argv) -> SimpleNamespace:
     """scripts/<name>.py's main in this process, its result shaped like a finished subprocess
     (returncode, stdout, stderr), for tests that read what it printed."""
@@ -155,15 +168,12 @@ def assert_two_ranks_evaluate_as_one(
     """evaluate.py on two ranks writes the predictions and metrics one process writes (on the
     GPUs where there are, else the CPU), at the `video` settings."""
 
-    def evaluate(out: Path, **env):
-        return run_script(
-            "scripts/evaluate.py", "--model-path", str(model), "--test-json", str(test_json),
-            "--max-samples", "5", "--batch-size", "2", "--output-dir", str(out),
-            env={**video, **env},
-        )  # fmt: skip
-
-    evaluate(tmp_path / "one")
-    two = evaluate(tmp_path / "two", NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
+    argv = ["--model-path", str(model), "--test-json", str(test_json), "--max-samples", "5",
+            "--batch-size", "2", "--output-dir"]  # fmt: skip
+    with mock.patch.dict(os.environ, video):  # one process: this one
+        run_main("evaluate", *argv, tmp_path / "one")
+    ranks = {"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())}
+    two = run_script("scripts/evaluate.py", *argv, str(tmp_path / "two"), env={**video, **ranks})
     assert "x 2 ranks" in two.stdout
     for name in ("predictions.jsonl", "metrics.json"):
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
@@ -200,10 +210,7 @@ LORA_RUN = dict(MAX_STEPS=8, BATCH_SIZE=2, LR="5e-3", SAVE_STEPS=2, SAVE_TOTAL_L
 @pytest.fixture(scope="session")
 def lora_run(tiny_model_dir, four_samples, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lora_run") / "lora"
-    run_script(
-        "./train_physical_ai_lora.sh",
-        env=launcher_env(tiny_model_dir, four_samples, out, **LORA_RUN),
-    )
+    train_in_process("lora", launcher_env(tiny_model_dir, four_samples, out, **LORA_RUN))
     return out
 
 

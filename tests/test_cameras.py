@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import call_main, launcher_env, run_main, run_script
+from conftest import call_main, launcher_env, run_main, train_in_process
 
 from qwenvl.prepare import rawdata
 from qwenvl.prepare.labels import ClipError, Segment, side_frames
@@ -208,9 +208,9 @@ def test_the_front_camera_alone_is_the_one_camera_task_on_the_same_segments(
 @pytest.fixture(scope="module")
 def three_run(tiny_model_dir, three_training, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("three_run") / "lora"
-    run_script(
-        "./train_physical_ai_lora.sh",
-        env=launcher_env(
+    train_in_process(
+        "lora",
+        launcher_env(
             tiny_model_dir,
             three_training / "train.json",
             out,
@@ -342,9 +342,9 @@ def test_a_one_camera_dataset_of_before_views_trains_evaluates_and_predicts_as_b
                          json.loads(printed.stdout)["raw_text"])  # fmt: skip
     assert outputs["old"] == outputs["new"]
     # The old training file trains (two steps, on the old checkpoint's base model).
-    run_script(
-        "./train_physical_ai_lora.sh",
-        env=launcher_env(
+    train_in_process(
+        "lora",
+        launcher_env(
             tiny_model_dir,
             old_data / "train.json",
             tmp_path / "trained",

@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import build_training_json, run_main, run_script, script_main, script_module
+from conftest import (
+    build_training_json,
+    run_main,
+    run_script,
+    script_main,
+    script_module,
+    train_in_process,
+)
 from PIL import Image
 
 from qwenvl.evaluate.overlay import PREDICTED_COLOUR
@@ -45,7 +52,7 @@ def steady_data(tmp_path_factory) -> Path:
     return base
 
 
-def _train(launcher: str, model, data: Path, out: Path, **extra) -> Path:
+def _train(kind: str, model, data: Path, out: Path, **extra) -> Path:
     env = {
         "MODEL_PATH": str(model),
         "DATASETS": str(data / "training" / "train.json"),
@@ -56,7 +63,7 @@ def _train(launcher: str, model, data: Path, out: Path, **extra) -> Path:
         **SMALL_VIDEO,
         **{k: str(v) for k, v in extra.items()},
     }
-    run_script(launcher, env=env)
+    train_in_process(kind, env)
     return out
 
 
@@ -65,7 +72,7 @@ def fine_tuned(tiny_model_dir, steady_data, tmp_path_factory) -> Path:
     """A full fine-tune (no DeepSpeed) that answers the steady clips with 30 exact pairs."""
     out = tmp_path_factory.mktemp("full") / "model"
     return _train(
-        "./train_physical_ai.sh",
+        "full",
         tiny_model_dir,
         steady_data,
         out,
@@ -80,7 +87,7 @@ def fine_tuned(tiny_model_dir, steady_data, tmp_path_factory) -> Path:
 def adapter(tiny_model_dir, steady_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lora") / "adapter"
     return _train(
-        "./train_physical_ai_lora.sh",
+        "lora",
         tiny_model_dir,
         steady_data,
         out,

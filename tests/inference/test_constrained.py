@@ -8,7 +8,7 @@ import random
 
 import pytest
 import xgrammar as xgr
-from conftest import run_main, run_script
+from conftest import run_main, train_in_process
 from xgrammar.testing import _is_grammar_accept_string as grammar_accepts
 
 from qwenvl.answer import AnswerFormat, AnswerParseError, parse_pairs
@@ -152,7 +152,7 @@ def test_task_metrics_while_training_equal_evaluating_the_checkpoint(
         "OUTPUT_DIR": str(out), "MAX_STEPS": "2", "SAVE_STEPS": "2", "BATCH_SIZE": "2",
         "GRAD_ACCUM": "1", "DATALOADER_WORKERS": "0", "LR": "1e-2", **SMALL_VIDEO,
     }  # fmt: skip
-    run_script("./train_physical_ai_lora.sh", env=env)
+    train_in_process("lora", env)
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     logged = {key: value for entry in state["log_history"] for key, value in entry.items()}
     run_main("evaluate", "--model-path", out / "checkpoint-2", "--test-json",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, launcher_env, run_script, script_main
+from conftest import ROOT, launcher_env, run_script, script_main, train_in_process
 from safetensors.torch import load_file
 
 BF16 = {"PRECISION": "bf16", "MAX_STEPS": 4, "SAVE_STEPS": 2, "BATCH_SIZE": 2}
@@ -72,7 +72,7 @@ def test_full_fine_tune_in_bf16_saves_bf16_weights_and_fp32_masters(
 ):
     out = tmp_path / "full"
     env = launcher_env(tiny_model_dir, four_samples, out, DEEPSPEED_CONFIG="", **BF16)
-    run_script(str(ROOT / "train_physical_ai.sh"), env=env)
+    train_in_process("full", env)
     for folder in (out, out / "checkpoint-4"):
         weights = load_file(folder / "model.safetensors")
         assert {tensor.dtype for tensor in weights.values()} == {torch.bfloat16}

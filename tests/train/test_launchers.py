@@ -110,6 +110,21 @@ def test_full_launcher_runs_deepspeed_zero3_on_two_cpu_ranks(zero3_run, tiny_mod
     )
 
 
+def test_label_only_loss_matches_full_logits_under_zero3_on_two_cpu_ranks(
+    zero3_run, tiny_model_dir, four_samples, tmp_path
+):
+    """The ZeRO-3 run computes logits only where there are labels (the default, with the
+    partitioned lm_head gathered); the same first step with every position's logits gives
+    the same loss."""
+    out = tmp_path / "full_logits"
+    env = _env(tiny_model_dir, four_samples, out, NPROC_PER_NODE=2, BATCH_SIZE=1, SAVE_STEPS=1,
+               DEEPSPEED_CONFIG="zero3.json", MM_PROJECTOR_LR="1e-4", MAX_STEPS=1)  # fmt: skip
+    run_script("./train_physical_ai.sh", "--label_only_logits", "False", env=env)
+    assert _training_args(zero3_run[0] / "checkpoint-2" / "training_args.bin").label_only_logits
+    assert not _training_args(out / "checkpoint-1" / "training_args.bin").label_only_logits
+    assert _losses(out / "checkpoint-1")[0] == pytest.approx(_losses(zero3_run[0])[0], abs=1e-5)
+
+
 def test_full_launcher_runs_deepspeed_zero3_offload_on_two_cpu_ranks(
     tiny_model_dir, four_samples, tmp_path
 ):
