@@ -59,7 +59,8 @@ def setting(name: str, **extra):
     """A dataclass field of train.py from its setting in qwenvl.train.config (default, help)."""
     spec = config.BY_NAME[name]
     default = spec.default if spec.default is not None or spec.optional else None
-    return field(default=default, metadata={"help": f"{spec.help} ({name})", **extra})
+    shown = spec.help.replace("%", "%%")  # argparse formats help with %
+    return field(default=default, metadata={"help": f"{shown} ({name})", **extra})
 
 
 @dataclass
