@@ -12,7 +12,7 @@ EXTRAS := --extra bench --extra dev --extra ray
 GPU_EXTRAS := --extra gpu --extra quant
 DEMO_DIR ?= demo_output
 
-.PHONY: demo ablation test test-gpu gpu-check vllm test-vllm sync uv lint clean-demo
+.PHONY: demo ablation test test-ablation test-gpu gpu-check vllm test-vllm sync uv lint clean-demo
 
 uv:
 	@[ -x "$(UV)" ] || bash scripts/install_uv.sh .tools/uv
@@ -29,7 +29,12 @@ ablation: sync
 	DEMO_DIR=$(DEMO_DIR) DEMO_ABLATION=1 PYTHON=.venv/bin/python bash scripts/demo.sh
 
 test: sync
-	"$(UV)" run --frozen --no-sync python -m pytest --ignore=tests/vllm
+	"$(UV)" run --frozen --no-sync python -m pytest --ignore=tests/vllm --ignore=tests/ablation
+
+# `make ablation` end to end, shortened (three trainings, four evaluations: a few minutes);
+# CI runs it after make test.
+test-ablation: sync
+	"$(UV)" run --frozen --no-sync python -m pytest tests/ablation
 
 # On a CUDA machine: training (flash-attn, QLoRA), evaluation, merge and prediction on the GPU.
 # It keeps the GPU extras installed, and fails (not skips) where torch sees no GPU.

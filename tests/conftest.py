@@ -235,3 +235,18 @@ def dirty_training(training_dir, tmp_path_factory) -> Path:
     negative.update(id="negative-fps", fps=-30.0)
     (out / "train.json").write_text(json.dumps(samples))
     return out
+
+
+def path_without_uv() -> str:
+    """PATH as inside the project's .venv (its bin first), with every folder holding uv left out."""
+    folders = [f for f in os.environ["PATH"].split(os.pathsep) if not (Path(f) / "uv").exists()]
+    return os.pathsep.join([str(ROOT / ".venv" / "bin"), *folders])
+
+
+# `make demo` and `make ablation` on fewer and shorter clips, fewer steps and test samples.
+SMALL_DEMO = {
+    "DEMO_CLIPS": "2",
+    "DEMO_CLIP_SECONDS": "4",
+    "DEMO_MAX_STEPS": "2",
+    "DEMO_EVAL_SAMPLES": "2",
+}
