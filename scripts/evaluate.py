@@ -31,7 +31,7 @@ from qwenvl.files import (
     file_folders,
     writable_parent,
 )
-from qwenvl.inference.backend import open_for_script
+from qwenvl.inference.opener import open_for_script
 from qwenvl.inference.spec import read_spec
 
 

@@ -93,7 +93,7 @@ def merge(args: argparse.Namespace, spec, samples: list[dict]):
     import torch
 
     from qwenvl.inference import merging
-    from qwenvl.inference.backend import open_for_script
+    from qwenvl.inference.opener import open_for_script
 
     args.dtype, args.backend = "fp32", "transformers"
     # The adapter on its full-precision base, in fp32: the merge adds in fp32.

@@ -296,7 +296,7 @@ def predict_batch(backend, batch: list[tuple], args) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qwenvl.inference.backend import open_for_script
+    from qwenvl.inference.opener import open_for_script
     from qwenvl.inference.spec import read_spec
 
     try:

@@ -274,7 +274,7 @@ def test_three_cameras_train_evaluate_and_predict_with_one_prompt(
     # A camera missing, an extra one, or one for a one-camera model: one line, exit 2, before
     # any model loads.
     monkeypatch.setattr(
-        "qwenvl.inference.backend.open_for_script",
+        "qwenvl.inference.opener.open_for_script",
         lambda *a, **k: pytest.fail("a model was loaded"),
     )
     for argv, says in (

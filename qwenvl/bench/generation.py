@@ -52,7 +52,7 @@ def bench_generate(
     compile: bool = False,
 ) -> dict:
     """answer_rates per backend on the same clips (and the transformers backend's details)."""
-    from qwenvl.inference.backend import open_backend
+    from qwenvl.inference.opener import open_backend
     from qwenvl.inference.spec import read_spec
 
     spec = read_spec(model_path)

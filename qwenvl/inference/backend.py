@@ -12,11 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qwenvl.cli import UserError
 from qwenvl.inference.spec import ModelSpec
-
-BACKENDS = ("transformers", "vllm")
-
 
 Clip = tuple[np.ndarray, float]
 """(frames (T, H, W, 3) uint8 RGB at the model's frame size, the clip's real frame rate: Qwen3-VL's
@@ -68,58 +64,3 @@ class Backend(ABC):
     def close(self) -> None:
         """Free what the backend holds (processes, memory)."""
         return None
-
-
-def open_backend(
-    name: str,
-    spec: ModelSpec,
-    device: str | None = None,
-    dtype: str = "auto",
-    compile: bool = False,
-    **options,
-) -> Backend:
-    """The `name` backend with the spec's model loaded; ValueError or OSError where it cannot."""
-    if name == "transformers":
-        from qwenvl.inference.transformers_backend import TransformersBackend
-
-        return TransformersBackend.load(
-            spec, device=device, dtype=dtype, compile=compile, **options
-        )
-    if name == "vllm":
-        from qwenvl.inference.vllm_backend import VllmBackend
-
-        return VllmBackend.load(spec, device=device, dtype=dtype, **options)
-    raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
-
-
-def open_for_script(args, spec: ModelSpec, **options) -> Backend:
-    """open_backend for a script's --backend, --device, --dtype and --compile: a device that is
-    not there or a model that cannot load is one line."""
-    from qwenvl.model import resolve_device
-
-    name = getattr(args, "backend", "transformers")
-    if name == "vllm":
-        if getattr(args, "compile", False):
-            raise UserError("--compile is for the transformers backend (vLLM compiles itself)")
-        options = {
-            "tensor_parallel_size": args.tensor_parallel_size,
-            "max_batch": getattr(args, "batch_size", 8),
-            "merged_dir": args.vllm_merged_dir,
-            **options,
-        }
-    else:
-        try:
-            resolve_device(args.device)
-        except ValueError as err:
-            raise UserError(f"--device: {err}") from None
-    try:
-        return open_backend(
-            name,
-            spec,
-            device=args.device,
-            dtype=getattr(args, "dtype", "auto"),
-            compile=getattr(args, "compile", False),
-            **options,
-        )
-    except (OSError, ValueError) as err:
-        raise UserError(f"{spec.path}: cannot load ({str(err).splitlines()[0]})") from None
