@@ -163,3 +163,10 @@ def test_task_metrics_while_training_equal_evaluating_the_checkpoint(
     for name, key in (("ade", "ade_m"), ("fde", "fde_m"), ("speed_mae", "speed_mae"),
                       ("curvature_mae", "curvature_mae")):  # fmt: skip
         assert logged[f"eval_{name}"] == pytest.approx(evaluated[key], rel=1e-6, abs=1e-9), name
+    # The time spent evaluating and generating is reported apart from training time, and holds
+    # at least the evaluation loop's own runtime.
+    compute = json.loads((out / "compute.json").read_text())
+    assert compute["eval_seconds"] >= logged["eval_runtime"] > 0
+    assert compute["train_seconds"] == pytest.approx(
+        compute["wall_seconds"] - compute["eval_seconds"], abs=0.01
+    )
