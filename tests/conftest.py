@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -92,16 +96,36 @@ def run_main(name: str, *argv) -> None:
     assert status == 0, f"{name} {' '.join(map(str, argv))} exited {status}"
 
 
-def train_in_process(kind: str, env: dict, *extra: str) -> None:
+def train_in_process(kind: str, env: dict, *extra: str, check: bool = True) -> int:
     """A one-process training run as a launcher makes it (the environment's settings through its
     pre-flight to train.py's arguments), with train.py's main run in this process: for tests
-    of what a run trains and writes. The launchers' own tests start the real thing."""
+    of what a run trains and writes. The launchers' own tests start the real thing. Returns
+    train.py's exit status, which must be 0 when `check`."""
     from qwenvl.train import config
     from qwenvl.train.preflight import preflight
 
     values = preflight({**os.environ, **{k: str(v) for k, v in env.items()}}, kind)
     assert values["NPROC_PER_NODE"] == 1 and not values["DEEPSPEED_CONFIG"], "launch these"
-    run_main("train", *config.train_arguments(values, kind), *extra)
+    argv = [str(a) for a in (*config.train_arguments(values, kind), *extra)]
+    status = script_main("train")(argv)
+    assert status == 0 or not check, f"train {' '.join(argv)} exited {status}"
+    return status
+
+
+@contextmanager
+def captured_log(level: int = logging.INFO) -> Iterator[io.StringIO]:
+    """What the library logs at `level` and above while the block runs, as a run's log shows it
+    (for fixtures wider than one test, where pytest's caplog does not reach)."""
+    stream, root = io.StringIO(), logging.getLogger()
+    handler, before = logging.StreamHandler(stream), root.level
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before)
 
 
 def call_main(capsys, name: str, *argv) -> SimpleNamespace:

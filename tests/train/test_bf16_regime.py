@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, launcher_env, run_script, script_main, train_in_process
+from conftest import captured_log, launcher_env, run_script, script_main, train_in_process
 from safetensors.torch import load_file
 
 BF16 = {"PRECISION": "bf16", "MAX_STEPS": 4, "SAVE_STEPS": 2, "BATCH_SIZE": 2}
@@ -30,10 +30,9 @@ def bf16_lora(tiny_model_dir, training_dir, dirty_training, tmp_path_factory):
         EVAL_GENERATE_SAMPLES=2,
         **BF16,
     )
-    result = run_script(
-        str(ROOT / "train_physical_ai_lora.sh"), "--max_bad_samples", "0.5", env=env
-    )
-    return out, result.stdout + result.stderr
+    with captured_log() as log:
+        train_in_process("lora", env, "--max_bad_samples", "0.5")
+    return out, log.getvalue()
 
 
 def test_lora_in_bf16_logs_task_metrics_from_generation_in_the_trainer(bf16_lora):
@@ -59,12 +58,14 @@ def test_bad_samples_are_named_left_out_and_the_rest_trains(bf16_lora):
     assert (out / "adapter_model.safetensors").is_file()  # the good samples trained
 
 
-def test_too_many_bad_samples_stop_the_run_in_one_line(tiny_model_dir, dirty_training, tmp_path):
+def test_too_many_bad_samples_stop_the_run_in_one_line(
+    tiny_model_dir, dirty_training, tmp_path, capsys
+):
     env = launcher_env(tiny_model_dir, dirty_training / "train.json", tmp_path / "out", **BF16)
-    result = run_script(str(ROOT / "train_physical_ai_lora.sh"), env=env, check=False)
-    last = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 2 and "more than --max_bad_samples 0.05 allows" in last
-    assert "Traceback" not in result.stderr
+    capsys.readouterr()
+    assert train_in_process("lora", env, check=False) == 2  # no exception: one line
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "more than --max_bad_samples 0.05 allows" in last
 
 
 def test_full_fine_tune_in_bf16_saves_bf16_weights_and_fp32_masters(
