@@ -23,38 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# DeepSpeed compiles its CPU ops (shared-memory collectives, CPU Adam) the first time a run uses
-# them: over a minute on two cores, once per machine (kept in torch's extensions folder). Where a
-# session runs DeepSpeed, that build starts with the session at the lowest priority, on what the
-# earlier tests leave idle; the runs that need the ops wait for it through torch's build lock, as
-# two ranks of one run do.
-_BUILD_DEEPSPEED_OPS = """
-from deepspeed.accelerator import get_accelerator
-for name in ("ShareMemCommBuilder", "CPUAdamBuilder"):
-    builder = get_accelerator().create_op_builder(name)
-    if builder is not None and builder.is_compatible():
-        builder.load(verbose=False)
-"""
-
-
-def pytest_collection_finish(session):
-    if any("deepspeed" in item.name or "zero3" in item.name for item in session.items):
-        session.config.stash[_OPS_BUILD] = subprocess.Popen(
-            [sys.executable, "-c", _BUILD_DEEPSPEED_OPS],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=lambda: os.nice(19),
-        )
-
-
-def pytest_sessionfinish(session):
-    build = session.config.stash.get(_OPS_BUILD, None)
-    if build is not None:
-        build.wait()  # never leave torch's build lock behind
-
-
-_OPS_BUILD = pytest.StashKey[subprocess.Popen]()
-
 
 def free_port() -> int:
     """A TCP port nobody listens on now, for a torchrun master."""
