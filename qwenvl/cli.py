@@ -96,6 +96,10 @@ def add_inference_arguments(parser: argparse.ArgumentParser, dtype: bool = True)
     )
 
 
+# The backends qwenvl.inference.opener opens by name, as the scripts' --backend offers them.
+BACKENDS = ("transformers", "vllm")
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser, free_help: str) -> None:
     """Options of the scripts that generate answers: budget and decoding."""
     parser.add_argument(
@@ -108,7 +112,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser, free_help: str) ->
     )
     parser.add_argument(
         "--backend",
-        choices=["transformers", "vllm"],
+        choices=BACKENDS,
         default="transformers",
         help="what generates the answers: transformers, or vLLM from its own environment "
         "(make vllm; see docs/evaluation.md) (default: %(default)s)",

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from qwenvl.cli import run_script
+from qwenvl.cli import BACKENDS, run_script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backend",
-        choices=["transformers", "vllm", "both"],
+        choices=[*BACKENDS, "both"],
         default="transformers",
         help="generate: which backend answers (both: each on the same clips in one run)",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qwenvl.bench.common import best_time
+from qwenvl.cli import BACKENDS
 
 
 def requests_of(train_json: Path, spec, batch: int) -> list:
@@ -57,7 +58,7 @@ def bench_generate(
 
     spec = read_spec(model_path)
     requests = requests_of(train_json, spec, batch)
-    names = ["transformers", "vllm"] if backend == "both" else [backend]
+    names = list(BACKENDS) if backend == "both" else [backend]
     results = {"batch_size": len(requests), "compile": compile}
     for name in names:
         opened = open_backend(name, spec, device=device, compile=compile)

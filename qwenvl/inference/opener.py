@@ -1,13 +1,11 @@
-"""Opening a backend by name: the one place that knows every backend of the interface in
-qwenvl.inference.backend, so the interface itself imports none of them."""
+"""Opening a backend by name (qwenvl.cli.BACKENDS): the one place that knows every backend of
+the interface in qwenvl.inference.backend, so the interface itself imports none of them."""
 
 from __future__ import annotations
 
-from qwenvl.cli import UserError
+from qwenvl.cli import BACKENDS, UserError
 from qwenvl.inference.backend import Backend
 from qwenvl.inference.spec import ModelSpec
-
-BACKENDS = ("transformers", "vllm")
 
 
 def open_backend(
