@@ -70,10 +70,10 @@ def _load_full(path: Path):
     return Qwen3VLForConditionalGeneration.from_pretrained(path)
 
 
-def _zero3(model, data, out: Path, config: str, **extra):
+def _zero3(model, data, out: Path, config: str, *args: str, **extra):
     env = _env(model, data, out, NPROC_PER_NODE=2, BATCH_SIZE=1, SAVE_STEPS=2,
                DEEPSPEED_CONFIG=config, MM_PROJECTOR_LR="1e-4", **extra)  # fmt: skip
-    return run_script("./train_physical_ai.sh", env=env)
+    return run_script("./train_physical_ai.sh", *args, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -110,27 +110,30 @@ def test_full_launcher_runs_deepspeed_zero3_on_two_cpu_ranks(zero3_run, tiny_mod
     )
 
 
-def test_label_only_loss_matches_full_logits_under_zero3_on_two_cpu_ranks(
-    zero3_run, tiny_model_dir, four_samples, tmp_path
-):
+@pytest.fixture(scope="module")
+def offload_run(tiny_model_dir, four_samples, tmp_path_factory) -> tuple[Path, str]:
+    """Full fine-tuning under ZeRO-3 with parameters and optimizer on the CPU, on two CPU ranks,
+    computing every position's logits (--label_only_logits False): the same data, seed and
+    first step as zero3_run, which computes them only where there are labels."""
+    out = tmp_path_factory.mktemp("offload") / "full"
+    result = _zero3(tiny_model_dir, four_samples, out, "zero3_offload.json",
+                    "--label_only_logits", "False", MAX_STEPS=2)  # fmt: skip
+    return out, result.stdout + result.stderr
+
+
+def test_label_only_loss_matches_full_logits_under_zero3_on_two_cpu_ranks(zero3_run, offload_run):
     """The ZeRO-3 run computes logits only where there are labels (the default, with the
     partitioned lm_head gathered); the same first step with every position's logits gives
-    the same loss."""
-    out = tmp_path / "full_logits"
-    env = _env(tiny_model_dir, four_samples, out, NPROC_PER_NODE=2, BATCH_SIZE=1, SAVE_STEPS=1,
-               DEEPSPEED_CONFIG="zero3.json", MM_PROJECTOR_LR="1e-4", MAX_STEPS=1)  # fmt: skip
-    run_script("./train_physical_ai.sh", "--label_only_logits", "False", env=env)
+    the same loss (the first loss comes before any optimizer step, offloaded or not)."""
+    out = offload_run[0]
     assert _training_args(zero3_run[0] / "checkpoint-2" / "training_args.bin").label_only_logits
-    assert not _training_args(out / "checkpoint-1" / "training_args.bin").label_only_logits
-    assert _losses(out / "checkpoint-1")[0] == pytest.approx(_losses(zero3_run[0])[0], abs=1e-5)
+    assert not _training_args(out / "checkpoint-2" / "training_args.bin").label_only_logits
+    assert _losses(out / "checkpoint-2")[0] == pytest.approx(_losses(zero3_run[0])[0], abs=1e-5)
 
 
-def test_full_launcher_runs_deepspeed_zero3_offload_on_two_cpu_ranks(
-    tiny_model_dir, four_samples, tmp_path
-):
-    out = tmp_path / "full"
-    result = _zero3(tiny_model_dir, four_samples, out, "zero3_offload.json", MAX_STEPS=2)
-    _check_zero3_training(out, result.stdout + result.stderr, "zero3_offload.json", tiny_model_dir)
+def test_full_launcher_runs_deepspeed_zero3_offload_on_two_cpu_ranks(offload_run, tiny_model_dir):
+    out, log = offload_run
+    _check_zero3_training(out, log, "zero3_offload.json", tiny_model_dir)
 
 
 def test_a_zero3_run_of_two_ranks_resumes_on_one_once_converted(
